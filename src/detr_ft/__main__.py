@@ -1,0 +1,3 @@
+from detr_ft.cli import main
+
+raise SystemExit(main())
