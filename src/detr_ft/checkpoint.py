@@ -1,0 +1,97 @@
+"""Checkpoints: written atomically, read without running code, turned back into models.
+
+A detr-ft checkpoint is a Lightning checkpoint with one extra entry,
+``"detr_ft"``: the model config, the resize rule and the categories, so a
+model can be rebuilt offline from the file alone.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from detr_ft.data.coco import Categories
+from detr_ft.data.transforms import ResizeSpec
+from detr_ft.errors import UserError
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO: atomic writes, ``weights_only`` reads."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        atomic_torch_save(checkpoint, Path(path))
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return load_checkpoint(Path(path), map_location="cpu")
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint with ``weights_only=True``: plain tensors and containers only.
+
+    Anything that would need arbitrary unpickling (code) is refused, as are
+    truncated or corrupt files; each with a ``UserError``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found; pass --ckpt-path with a file written by 'detr-ft train'")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
+        raise UserError(f"checkpoint {path} was refused: it holds objects other than tensors and plain "
+                        f"data ({first[:160]}); only load checkpoints you trust") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({msg[:160]}); "
+                        f"use another checkpoint (e.g. an earlier periodic one)") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UserError(f"checkpoint {path} is not a Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
+def model_from_checkpoint(path: Path):
+    """Rebuild (model, resize, categories, family) from a detr-ft checkpoint, in eval mode."""
+    from transformers import AutoConfig
+
+    from detr_ft.model.build import model_from_config, unfreeze_batch_norm
+
+    ckpt = load_checkpoint(path)
+    info = ckpt.get("detr_ft")
+    if not isinstance(info, dict):
+        raise UserError(f"checkpoint {path} was not written by detr-ft train (no model description in it)")
+    cfg = dict(info["model_config"])
+    config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    model = model_from_config(config)
+    if info.get("trainable_batch_norm"):
+        unfreeze_batch_norm(model)
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing:
+        raise UserError(f"checkpoint {path} does not match its own model description "
+                        f"({len(missing)} missing weights, e.g. {missing[0]})")
+    model.eval()
+    resize = ResizeSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["resize"].items()})
+    return model, resize, Categories.from_dict(info["categories"]), info.get("family", config.model_type)

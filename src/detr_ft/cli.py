@@ -1,0 +1,304 @@
+"""Command line: argument parsing only. Each subcommand calls one function.
+
+User mistakes (``UserError`` and bad flags) print one line on stderr and exit
+with code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from detr_ft.config import DEFAULT_DATA_DIR, DEVICES, TrainConfig
+from detr_ft.errors import UserError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2) that name the fix."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def default_output_dir(command: str) -> Path:
+    return Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output-dir", help="where files are written (default runs/<subcommand>-<timestamp>)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    b = argparse.BooleanOptionalAction
+    d = TrainConfig()
+    g = p.add_argument_group("data and model")
+    g.add_argument("--data-dir", default=d.data_dir, help=f"dataset in CPPE-5 layout (default {DEFAULT_DATA_DIR})")
+    g.add_argument("--model", default=d.model,
+                   help="hub id (default facebook/detr-resnet-50), local Hugging Face directory, or preset "
+                        "(detr-tiny)")
+    g.add_argument("--on-bad-data", choices=["error", "skip"], default=d.on_bad_data,
+                   help="bad dataset records: stop with a report, or leave them out and count them")
+    g = p.add_argument_group("training (flags of the original example)")
+    g.add_argument("--max-epochs", type=int, default=d.max_epochs)
+    g.add_argument("--max-steps", type=int, default=d.max_steps, help="stop after N optimizer steps (-1: no limit)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--num-workers", type=int, default=d.num_workers, help="data-loading processes")
+    g.add_argument("--deterministic", action=b, default=d.deterministic,
+                   help="seeded, deterministic algorithms, single-process data loading")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--pad", action=b, default=d.pad, help="put every image on a fixed canvas (static shapes)")
+    g.add_argument("--num-buckets", type=int, default=d.num_buckets,
+                   help="pad targets to one of K object counts (0: the batch maximum)")
+    g.add_argument("--autocast", action=b, default=d.autocast, help="bf16 mixed precision")
+    g.add_argument("--device", choices=DEVICES, default=d.device)
+    g.add_argument("--use-ckpt", action=b, default=d.use_ckpt, help="start from the weights in --ckpt-path")
+    g.add_argument("--ckpt-path", default=d.ckpt_path)
+    g.add_argument("--ckpt-store-interval-epochs", type=int, default=d.ckpt_store_interval_epochs,
+                   help="also keep a checkpoint every N epochs")
+    g.add_argument("--ckpt-store-path", default=d.ckpt_store_path, help="where periodic checkpoints go")
+    g.add_argument("--threshold", type=float, default=d.threshold,
+                   help="score threshold of the sample predictions drawn after training")
+    g.add_argument("--max-inf-frames", type=int, default=d.max_inf_frames,
+                   help="how many validation images to annotate after training")
+    g.add_argument("--train-only", action=b, default=d.train_only, help="no validation, no sample predictions")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--lr-backbone", type=float, default=d.lr_backbone)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="gradient norm clip (0: off)")
+    g.add_argument("--lr-schedule", choices=["constant", "cosine"], default=d.lr_schedule)
+    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    g.add_argument("--max-minutes", type=float, default=d.max_minutes, help="stop training after M minutes")
+    g = p.add_argument_group("static shapes, devices, runs")
+    g.add_argument("--pad-size", type=int, nargs=2, metavar=("H", "W"), default=d.pad_size,
+                   help="canvas for --pad (default: the largest size the model's resize produces)")
+    g.add_argument("--compile", action=b, default=d.compile, help="torch.compile the model")
+    g.add_argument("--devices", type=int, default=d.devices)
+    g.add_argument("--num-nodes", type=int, default=d.num_nodes)
+    g.add_argument("--strategy", default=d.strategy, help="Lightning strategy (auto, ddp, ddp_spawn, ...)")
+    g.add_argument("--resume", action=b, default=d.resume, help="continue from the newest checkpoint in --output-dir")
+    g.add_argument("--logger", choices=["csv", "tensorboard"], default=d.logger, help="CSV is always written")
+    g.add_argument("--config", help="YAML file of train settings (keys are flag names); flags override it")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="detr-ft", description="Fine-tune DETR object detectors on COCO-format data.")
+    parser.add_argument("--version", action="version", version=f"detr-ft {__import__('detr_ft').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    data = sub.add_parser("data", help="make or download a dataset")
+    data_sub = data.add_subparsers(dest="data_command", metavar="KIND", parser_class=Parser)
+    data_sub.required = True
+    syn = data_sub.add_parser("synthetic", help="write the deterministic synthetic shapes dataset")
+    syn.add_argument("--out", required=True)
+    syn.add_argument("--train", type=int, default=200)
+    syn.add_argument("--val", type=int, default=50)
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--size", type=int, default=256, help="long side of the images in pixels")
+    add_common(syn)
+    cppe = data_sub.add_parser("cppe5", help="download and verify the CPPE-5 dataset")
+    cppe.add_argument("--out", required=True)
+    cppe.add_argument("--url", default=None, help="download address (default: the official release)")
+    cppe.add_argument("--md5", default=None, help="expected md5 (default: the official one)")
+    cppe.add_argument("--force", action="store_true", help="replace a dataset already there")
+    add_common(cppe)
+
+    train = sub.add_parser("train", help="fine-tune a detector")
+    add_train_args(train)
+    add_common(train)
+
+    ev = sub.add_parser("eval", help="COCO metrics of a checkpoint")
+    ev.add_argument("--ckpt-path", required=True)
+    ev.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--device", choices=DEVICES, default="auto")
+    ev.add_argument("--on-bad-data", choices=["error", "skip"], default="error")
+    add_common(ev)
+
+    pr = sub.add_parser("predict", help="annotated images and detections.json")
+    pr.add_argument("--ckpt-path", required=True)
+    src = pr.add_mutually_exclusive_group()
+    src.add_argument("--images", nargs="+", help="image files or folders")
+    src.add_argument("--data-dir", default=None)
+    pr.add_argument("--split", default="test")
+    pr.add_argument("--threshold", type=float, default=0.5)
+    pr.add_argument("--max-inf-frames", type=int, default=0, help="at most N images (0: all)")
+    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--device", choices=DEVICES, default="auto")
+    pr.add_argument("--pad", action=argparse.BooleanOptionalAction, default=False,
+                    help="run on the fixed canvas of training (static shapes)")
+    pr.add_argument("--num-buckets", type=int, default=0,
+                    help="accepted for the original command line; inference has no targets to bucket")
+    pr.add_argument("--use-ckpt", action=argparse.BooleanOptionalAction, default=True,
+                    help="accepted for the original command line (a checkpoint is always used)")
+    add_common(pr)
+
+    ex = sub.add_parser("export", help="write a Hugging Face model directory")
+    ex.add_argument("--ckpt-path", required=True)
+    ex.add_argument("--out", required=True)
+    add_common(ex)
+
+    demo = sub.add_parser("demo", help="synthetic data -> train -> eval -> predict, offline")
+    demo.add_argument("--minutes", type=float, default=10.0, help="wall-time budget for the whole demo")
+    add_common(demo)
+    return parser
+
+
+def train_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TrainConfig:
+    """TrainConfig from defaults < --config FILE < explicit flags."""
+    names = {f.name for f in fields(TrainConfig)} - {"extra"}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    if args.config:
+        import yaml
+
+        path = Path(args.config).expanduser()
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise UserError(f"--config {path}: file not found") from None
+        except yaml.YAMLError as e:
+            raise UserError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"--config {path}: expected a mapping of flag names to values")
+        loaded = {k.replace("-", "_"): v for k, v in loaded.items()}
+        unknown = sorted(set(loaded) - names)
+        if unknown:
+            raise UserError(f"--config {path}: unknown setting(s) {', '.join(unknown)}; use train flag names")
+        explicit = explicit_flags(parser, sys.argv[1:] if args._argv is None else args._argv)
+        for k, v in loaded.items():
+            if k not in explicit:
+                values[k] = v
+    return TrainConfig(**values)
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The dests of the options that appear on the command line."""
+    found = set()
+    for token in argv:
+        if token.startswith("--"):
+            name = token[2:].split("=", 1)[0]
+            if name.startswith("no-"):
+                name = name[3:]
+            found.add(name.replace("-", "_"))
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args._argv = argv
+    configure_logging(args.debug)
+    try:
+        return dispatch(args, parser)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"detr-ft {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("detr-ft: interrupted", file=sys.stderr)
+        return 130
+
+
+def configure_logging(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s")
+    if not debug:
+        import lightning  # noqa: F401  (its import sets its loggers' levels; quiet them after)
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        import warnings
+
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        try:
+            import transformers
+
+            transformers.logging.set_verbosity_error()
+        except ImportError:
+            pass
+
+
+def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    out = Path(args.output_dir) if args.output_dir else default_output_dir(args.command)
+    if args.command == "data":
+        return cmd_data(args)
+    if args.command == "train":
+        from detr_ft.train import run_train
+
+        sub = parser._subparsers._group_actions[0].choices["train"]
+        cfg = train_config(args, sub)
+        cfg.output_dir = str(out)
+        summary = run_train(cfg)
+        print_summary("train", out, {k: summary.get(k) for k in ("map", "map_50", "images_per_second", "epochs",
+                                                                  "steps", "buckets")})
+        return 0
+    if args.command == "eval":
+        from detr_ft.evaluate import run_eval
+
+        if args.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
+        run_eval(args.ckpt_path, args.data_dir, out, args.split, args.batch_size, device=args.device,
+                 on_bad_data=args.on_bad_data)
+        print(f"\nmetrics: {out / 'metrics.json'}\ndetections: {out / 'detections.json'}")
+        return 0
+    if args.command == "predict":
+        return cmd_predict(args, out)
+    if args.command == "export":
+        from detr_ft.export import export
+
+        path = export(args.ckpt_path, Path(args.out))
+        print(f"exported a Hugging Face model directory to {path}")
+        return 0
+    if args.command == "demo":
+        from detr_ft.demo import run_demo
+
+        run_demo(out, minutes=args.minutes)
+        return 0
+    raise AssertionError(args.command)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "synthetic":
+        from detr_ft.data.synthetic import SyntheticSpec, generate
+
+        summary = generate(Path(args.out), train=args.train, val=args.val, seed=args.seed,
+                           spec=SyntheticSpec(size=args.size))
+        print(json.dumps(summary, indent=1))
+        return 0
+    from detr_ft.data.download import CPPE5_MD5, CPPE5_URL, download_dataset
+
+    url = args.url or CPPE5_URL
+    md5 = args.md5 if args.md5 is not None else (CPPE5_MD5 if args.url is None else None)
+    path = download_dataset(Path(args.out), url=url, md5=md5, force=args.force)
+    print(f"dataset ready in {path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, out: Path) -> int:
+    from detr_ft.predict import run_predict
+
+    if args.images is None and args.data_dir is None:
+        args.data_dir = DEFAULT_DATA_DIR
+    if args.num_buckets:
+        print("note: --num-buckets has no effect on inference (there are no targets to pad)")
+    summary = run_predict(args.ckpt_path, out, images=args.images, data_dir=args.data_dir, split=args.split,
+                          threshold=args.threshold, max_inf_frames=args.max_inf_frames,
+                          batch_size=args.batch_size, device=args.device, pad=args.pad)
+    print_summary("predict", out, {k: summary[k] for k in ("images", "detections", "annotated",
+                                                           "detections_json")})
+    return 0
+
+
+def print_summary(command: str, out: Path, items: dict) -> None:
+    print(f"\ndetr-ft {command}: outputs in {out}")
+    for k, v in items.items():
+        if v is not None:
+            print(f"  {k}: {v}")

@@ -1,0 +1,91 @@
+"""Run settings as dataclasses, validated once where they are made."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from detr_ft.errors import UserError
+
+DEVICES = ("auto", "cpu", "cuda", "hpu", "mps")
+DEFAULT_DATA_DIR = "~/CPPE-Dataset/data"
+
+
+@dataclass
+class TrainConfig:
+    """Every ``detr-ft train`` flag; the names are the flags with dashes as underscores."""
+
+    output_dir: str | None = None
+    data_dir: str = DEFAULT_DATA_DIR
+    model: str = "facebook/detr-resnet-50"
+    max_epochs: int = 5
+    max_steps: int = -1
+    max_minutes: float | None = None
+    batch_size: int = 4
+    num_workers: int = 2
+    deterministic: bool = False
+    seed: int = 42
+    pad: bool = True
+    num_buckets: int = 1
+    pad_size: list[int] | None = None
+    pad_canvases: str = "square"
+    autocast: bool = False
+    compile: bool = False
+    device: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    use_ckpt: bool = False
+    ckpt_path: str | None = None
+    ckpt_store_interval_epochs: int = 0
+    ckpt_store_path: str | None = None
+    resume: bool = False
+    threshold: float = 0.5
+    max_inf_frames: int = 4
+    train_only: bool = False
+    lr: float = 1e-4
+    lr_backbone: float = 1e-5
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.1
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    on_bad_data: str = "error"
+    logger: str = "csv"
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> "TrainConfig":
+        positive = {"batch_size": self.batch_size, "devices": self.devices, "num_nodes": self.num_nodes}
+        for name, v in positive.items():
+            if v < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {v})")
+        non_negative = {"num_workers": self.num_workers, "num_buckets": self.num_buckets,
+                        "ckpt_store_interval_epochs": self.ckpt_store_interval_epochs,
+                        "warmup_steps": self.warmup_steps, "max_inf_frames": self.max_inf_frames}
+        for name, v in non_negative.items():
+            if v < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be 0 or more (got {v})")
+        if self.max_epochs < 1 and self.max_steps < 1:
+            raise UserError("--max-epochs or --max-steps must be at least 1")
+        for name in ("lr", "lr_backbone"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"--{name.replace('_', '-')} must be a positive number (got {getattr(self, name)})")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise UserError("--weight-decay and --grad-clip must be 0 or more")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise UserError(f"--threshold must be between 0 and 1 (got {self.threshold})")
+        if self.pad_size is not None and (len(self.pad_size) != 2 or min(self.pad_size) < 32):
+            raise UserError(f"--pad-size takes two numbers H W of at least 32 (got {self.pad_size})")
+        if self.device not in DEVICES:
+            raise UserError(f"--device must be one of {', '.join(DEVICES)} (got {self.device})")
+        if self.use_ckpt and not self.ckpt_path:
+            raise UserError("--use-ckpt needs --ckpt-path P (the checkpoint to start from)")
+        if self.use_ckpt and not Path(self.ckpt_path).expanduser().is_file():
+            raise UserError(f"--ckpt-path {self.ckpt_path}: no such file")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise UserError(f"--max-minutes must be positive (got {self.max_minutes})")
+        return self
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("extra")
+        return d

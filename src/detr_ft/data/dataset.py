@@ -1,0 +1,61 @@
+"""The torch Dataset: one record of a ``CocoIndex`` -> one resized ``Sample``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from detr_ft.data.coco import CocoIndex
+from detr_ft.data.transforms import ResizeSpec, hflip, load_image, resize, to_uint8_tensor, xywh_to_cxcywh_norm
+
+
+@dataclass
+class Sample:
+    """One image ready for batching.
+
+    image:     [3, h, w] uint8, resized by the model's rule.
+    boxes:     [N, 4] float32, normalised (cx, cy, w, h).
+    labels:    [N] int64, contiguous class indices.
+    image_id:  the dataset's image id.
+    orig_size: (height, width) of the decoded image (EXIF applied).
+    """
+
+    image: torch.Tensor
+    boxes: torch.Tensor
+    labels: torch.Tensor
+    image_id: int
+    orig_size: tuple[int, int]
+
+
+class DetectionDataset(Dataset):
+    """Lazy image loading over a ``CocoIndex``; random horizontal flip when ``train``."""
+
+    def __init__(self, index: CocoIndex, resize_spec: ResizeSpec, train: bool = False, seed: int = 0):
+        self.index = index
+        self.resize_spec = resize_spec
+        self.train = train
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key) -> Sample:
+        """``key`` is an index, or ``(index, epoch)`` from an ``EpochSampler``: the random
+        flip depends on (seed, epoch, index) only, reproducible with any worker count."""
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
+        record = self.index.records[i]
+        image = load_image(self.index.image_path(record))
+        # COCO boxes are in pixels of the image as displayed (EXIF applied), whose
+        # size the JSON gives; normalised, they fit the decoded image at any scale.
+        boxes = xywh_to_cxcywh_norm(record.boxes, record.width, record.height)
+        if self.train:
+            rng = np.random.default_rng((self.seed, epoch, i))
+            if rng.random() < 0.5:
+                image, boxes = hflip(image, boxes)
+        orig_size = (image.height, image.width)
+        image = resize(image, self.resize_spec)
+        return Sample(to_uint8_tensor(image), torch.from_numpy(boxes), torch.from_numpy(record.labels),
+                      record.image_id, orig_size)

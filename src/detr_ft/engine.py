@@ -1,0 +1,203 @@
+"""The LightningModule (model + criterion + COCO validation) and the LightningDataModule."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from detr_ft.data.batching import Batch, Collator
+from detr_ft.data.coco import Categories, CocoIndex
+from detr_ft.data.dataset import DetectionDataset
+from detr_ft.data.sampling import EpochSampler
+from detr_ft.data.transforms import ResizeSpec
+from detr_ft.metrics import METRIC_NAMES, coco_metrics
+from detr_ft.model.build import ModelBundle, backbone_module
+from detr_ft.model.criterion import SetCriterion
+from detr_ft.model.outputs import detection_outputs
+from detr_ft.model.postprocess import postprocess, to_coco_results
+
+LOSS_PARTS = ("loss_ce", "loss_bbox", "loss_giou")
+MAX_DETECTIONS = 100  # per image, as COCO evaluation counts them
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    lr_backbone: float = 1e-5
+    weight_decay: float = 1e-4
+    schedule: str = "constant"  # or "cosine" (linear warm-up, then cosine to 0)
+    warmup_steps: int = 0
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class DetrModule(L.LightningModule):
+    """Fine-tunes a DETR-family model with detr-ft's padding-aware criterion.
+
+    The checkpoint carries what is needed to rebuild the model offline: the
+    model config, the resize rule and the categories (see ``checkpoint.py``).
+    """
+
+    def __init__(self, bundle: ModelBundle, categories: Categories, optim: OptimConfig,
+                 val_ground_truth: dict | None = None):
+        super().__init__()
+        self.model = bundle.model
+        self.bundle_info = {"family": bundle.family, "pretrained": bundle.pretrained, "resize": asdict(bundle.resize),
+                            "trainable_batch_norm": not bundle.pretrained}
+        self.categories = categories
+        self.optim = optim
+        self.criterion = SetCriterion.from_config(self.model.config)
+        self.val_ground_truth = val_ground_truth
+        self._val_results: list[dict] = []
+
+    # -- training -------------------------------------------------------------
+    def forward(self, pixel_values, pixel_mask, with_aux: bool = False):
+        return detection_outputs(self.model, pixel_values, pixel_mask, with_aux=with_aux)
+
+    def compute_loss(self, batch: Batch, with_aux: bool = True) -> dict:
+        out = self(batch.pixel_values, batch.pixel_mask, with_aux=with_aux)
+        return self.criterion(out.logits, out.boxes, batch.labels, batch.boxes, batch.valid, out.aux)
+
+    def training_step(self, batch: Batch, batch_idx: int):
+        losses = self.compute_loss(batch)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"the training loss is {loss.item()} at step {self.global_step} "
+                                     f"(epoch {self.current_epoch}); lower --lr or check the data")
+        bs = len(batch)
+        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
+        self.log_dict({f"train_{k}": losses[k].detach() for k in LOSS_PARTS}, on_step=True, on_epoch=False,
+                      batch_size=bs)
+        return loss
+
+    # -- validation -----------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_results = []
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        out = self(batch.pixel_values, batch.pixel_mask, with_aux=False)
+        losses = self.criterion(out.logits, out.boxes, batch.labels, batch.boxes, batch.valid, [])
+        self.log("val_loss", losses["loss"], on_step=False, on_epoch=True, batch_size=len(batch), sync_dist=True)
+        for dets, image_id in zip(postprocess(out.logits, out.boxes, batch.orig_sizes, self.categories),
+                                  batch.image_ids.tolist()):
+            self._val_results.extend(to_coco_results(dets, image_id)[:MAX_DETECTIONS])
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_ground_truth is None or self.trainer.sanity_checking:
+            return
+        results = self._val_results
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            gathered = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, results)
+            results = [r for part in gathered for r in part]
+        metrics = coco_metrics(self.val_ground_truth, results, self.categories)
+        self.last_val_metrics = metrics
+        self.log_dict({f"val_{k}": float(metrics[k]) for k in METRIC_NAMES if k != "map_50"})
+        self.log("val_map_50", float(metrics["map_50"]), prog_bar=True)
+        self._val_results = []
+
+    # -- optimisation ---------------------------------------------------------
+    def configure_optimizers(self):
+        backbone = backbone_module(self.model)
+        backbone_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if id(p) not in backbone_ids], "lr": self.optim.lr},
+            {"params": [p for p in params if id(p) in backbone_ids], "lr": self.optim.lr_backbone},
+        ]
+        groups = [g for g in groups if g["params"]]
+        optimizer = torch.optim.AdamW(groups, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        if self.optim.schedule == "constant" and self.optim.warmup_steps == 0:
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = self.optim.warmup_steps
+        cosine = self.optim.schedule == "cosine"
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if not cosine:
+                return 1.0
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoint contents --------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["detr_ft"] = {
+            "model_config": self.model.config.to_dict(),
+            "categories": self.categories.to_dict(),
+            **self.bundle_info,
+        }
+
+
+class DetectionData(L.LightningDataModule):
+    """Train and validation loaders over COCO indexes, producing ``Batch``es."""
+
+    def __init__(self, train_index: CocoIndex, val_index: CocoIndex | None, resize: ResizeSpec,
+                 batch_size: int, num_workers: int, collator: Collator, seed: int = 0,
+                 shuffle: bool = True, drop_last: bool = False, pin_memory: bool = False):
+        super().__init__()
+        self.train_set = DetectionDataset(train_index, resize, train=True, seed=seed)
+        self.val_set = DetectionDataset(val_index, resize, train=False) if val_index is not None else None
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.collator = collator
+        self.seed = seed
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.pin_memory = pin_memory
+
+    def _loader(self, dataset, sampler, drop_last: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=self.collator, drop_last=drop_last, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = EpochSampler(len(self.train_set), shuffle=self.shuffle, seed=self.seed)
+        drop_last = self.drop_last and len(self.train_set) >= self.batch_size
+        return self._loader(self.train_set, sampler, drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, EpochSampler(len(self.val_set), shuffle=False), False)
+
+
+class Throughput(L.Callback):
+    """Training images per second over whole epochs (data loading included,
+    validation excluded)."""
+
+    def __init__(self):
+        self.images = 0
+        self.seconds = 0.0
+        self._t0 = 0.0
+        self._val_t0 = 0.0
+
+    def on_train_epoch_start(self, trainer, module):
+        self._t0 = time.perf_counter()
+
+    def on_validation_start(self, trainer, module):
+        self._val_t0 = time.perf_counter()
+
+    def on_validation_end(self, trainer, module):
+        if trainer.training or self._t0:
+            self._t0 += time.perf_counter() - self._val_t0  # validation time is not training time
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.images += len(batch)
+
+    def on_train_epoch_end(self, trainer, module):
+        self.seconds += time.perf_counter() - self._t0
+        self._t0 = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0

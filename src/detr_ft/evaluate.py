@@ -1,0 +1,46 @@
+"""``detr-ft eval``: COCO metrics of a checkpoint on a dataset split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from detr_ft.data.coco import load_index
+from detr_ft.data.dataset import DetectionDataset
+from detr_ft.detector import Detector
+from detr_ft.metrics import coco_metrics, format_table, ground_truth
+from detr_ft.model.outputs import detection_outputs
+from detr_ft.model.postprocess import postprocess, to_coco_results
+from detr_ft.plots import plot_per_class
+
+MAX_DETECTIONS = 100
+
+
+def run_eval(ckpt_path: str, data_dir: str, out_dir: Path, split: str = "test", batch_size: int = 8,
+             num_workers: int = 0, device: str = "auto", on_bad_data: str = "error") -> dict:
+    """Evaluate; writes metrics.json, detections.json and per_class_ap.png into ``out_dir``."""
+    detector = Detector.load(ckpt_path, device=device)
+    index = load_index(Path(data_dir).expanduser(), split, on_bad_data, categories=detector.categories)
+    loader = DataLoader(DetectionDataset(index, detector.resize), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=detector.collator)
+    results: list[dict] = []
+    with torch.inference_mode():
+        for batch in loader:
+            batch = batch.to(detector.device)
+            out = detection_outputs(detector.model, batch.pixel_values, batch.pixel_mask, with_aux=False)
+            for dets, image_id in zip(postprocess(out.logits, out.boxes, batch.orig_sizes, detector.categories),
+                                      batch.image_ids.tolist()):
+                results += to_coco_results(dets, image_id)[:MAX_DETECTIONS]
+    metrics = coco_metrics(ground_truth(index.records, detector.categories), results, detector.categories)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {**metrics, "split": split, "images": len(index), "checkpoint": str(ckpt_path),
+               "data": index.report.to_dict()}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out_dir / "detections.json").write_text(json.dumps(results))
+    plot_per_class(metrics["per_class"], out_dir / "per_class_ap.png", title=f"AP per class ({split})")
+    print(format_table(metrics))
+    return metrics

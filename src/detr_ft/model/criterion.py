@@ -1,0 +1,237 @@
+"""DETR's set criterion over padded targets.
+
+Same losses and weighting as transformers' DETR loss (``ForObjectDetectionLoss``):
+weighted cross-entropy with a down-weighted no-object class, L1 and GIoU on
+matched pairs normalised by the number of real boxes, repeated on the
+auxiliary decoder layers. Targets come as the padded [B, T] tensors of
+``detr_ft.data.batching.Batch``; every tensor in the loss graph has a static
+shape, and the matching of all layers costs one device-to-host copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers.image_transforms import center_to_corners_format
+from transformers.loss.loss_for_object_detection import sigmoid_focal_loss
+
+from detr_ft.data.batching import PAD_BOX
+from detr_ft.model.box_ops import generalized_box_iou
+from detr_ft.model.matcher import FocalHungarianMatcher, HungarianMatcher
+
+LayerOutput = tuple[Tensor, Tensor] | Mapping[str, Tensor]
+
+# transformers trains these with the sigmoid focal loss (DeformableDetrForObjectDetectionLoss).
+FOCAL_MODEL_TYPES = ("conditional_detr",)
+
+
+def _upcast(t: Tensor) -> Tensor:
+    """float16 / bfloat16 -> float32; float32 and float64 unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _layer_pair(output: LayerOutput) -> tuple[Tensor, Tensor]:
+    """(logits, pred_boxes) from a tuple or from transformers' {"logits", "pred_boxes"} dict."""
+    if isinstance(output, Mapping):
+        return output["logits"], output["pred_boxes"]
+    logits, pred_boxes = output
+    return logits, pred_boxes
+
+
+def _weight_dict(config) -> dict[str, float]:
+    """Per-layer loss weights as transformers sets them (loss_ce always 1)."""
+    return {"loss_ce": 1.0, "loss_bbox": config.bbox_loss_coefficient, "loss_giou": config.giou_loss_coefficient}
+
+
+class SetCriterion(nn.Module):
+    """Hungarian-matched DETR loss.
+
+    num_classes: real classes C; logits have C + 1 entries, the last is no-object.
+    eos_coef:    cross-entropy weight of the no-object class.
+    weight_dict: weights of loss_ce / loss_bbox / loss_giou in the total (applied
+                 to every layer, as transformers does).
+    aux_loss:    whether ``aux_outputs`` are used.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        eos_coef: float = 0.1,
+        weight_dict: Mapping[str, float] | None = None,
+        aux_loss: bool = True,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.eos_coef = eos_coef
+        self.weight_dict = dict(weight_dict or {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0})
+        self.aux_loss = aux_loss
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = eos_coef
+        self.register_buffer("empty_weight", empty_weight, persistent=False)
+        self.register_buffer("pad_box", torch.tensor(PAD_BOX), persistent=False)
+
+    @classmethod
+    def from_config(cls, config) -> "SetCriterion":
+        """Build from a transformers ``DetrConfig`` (costs, coefficients, num_labels, auxiliary_loss).
+
+        A ``ConditionalDetrConfig`` gives a ``FocalSetCriterion``, as transformers does.
+        """
+        if config.model_type in FOCAL_MODEL_TYPES:
+            return FocalSetCriterion.from_config(config)
+        matcher = HungarianMatcher(config.class_cost, config.bbox_cost, config.giou_cost)
+        return cls(config.num_labels, matcher, config.eos_coefficient, _weight_dict(config), config.auxiliary_loss)
+
+    def forward(
+        self,
+        logits: Tensor,
+        pred_boxes: Tensor,
+        labels: Tensor,
+        boxes: Tensor,
+        valid: Tensor,
+        aux_outputs: Sequence[LayerOutput] | None = None,
+    ) -> dict[str, Tensor]:
+        """Compute the losses.
+
+        logits:      [B, Q, C+1] final-layer class logits.
+        pred_boxes:  [B, Q, 4] final-layer boxes, (cx, cy, w, h) normalised.
+        labels:      [B, T] long; boxes: [B, T, 4]; valid: [B, T] bool (padded slots are ignored).
+        aux_outputs: intermediate decoder layers, first to last, each (logits, pred_boxes)
+                     or {"logits": ..., "pred_boxes": ...}; used when ``aux_loss``.
+
+        Returns {"loss", "loss_ce", "loss_bbox", "loss_giou", "cardinality_error"} and,
+        for aux layer i, the same keys suffixed "_{i}" (transformers' loss_dict names).
+        "loss" is the weighted sum over all layers; cardinality errors are detached.
+        """
+        layers = [(logits, pred_boxes)]
+        if self.aux_loss and aux_outputs:
+            layers += [_layer_pair(output) for output in aux_outputs]
+
+        # Match every layer in one go: one cost tensor [L, B, Q, T], one copy to the host.
+        src_idx, matched = self.matcher(
+            torch.stack([lg.detach() for lg, _ in layers]),
+            torch.stack([bx.detach() for _, bx in layers]),
+            labels,
+            boxes,
+            valid,
+        )
+        num_boxes = self._num_boxes(valid)
+
+        losses: dict[str, Tensor] = {}
+        total = 0.0
+        for i, (layer_logits, layer_boxes) in enumerate(layers):
+            parts = self._layer_losses(
+                layer_logits, layer_boxes, labels, boxes, valid, src_idx[i], matched[i], num_boxes
+            )
+            total = total + sum(parts[k] * w for k, w in self.weight_dict.items())
+            suffix = "" if i == 0 else f"_{i - 1}"
+            losses.update({k + suffix: v for k, v in parts.items()})
+        return {"loss": total, **losses}
+
+    def _layer_losses(
+        self,
+        logits: Tensor,
+        pred_boxes: Tensor,
+        labels: Tensor,
+        boxes: Tensor,
+        valid: Tensor,
+        src_idx: Tensor,
+        matched: Tensor,
+        num_boxes: Tensor,
+    ) -> dict[str, Tensor]:
+        """Losses of one layer; src_idx / matched: [B, T] from the matcher."""
+        logits = _upcast(logits)
+        batch_size, num_queries = logits.shape[:2]
+
+        # Classification: every query is no-object except the matched ones. Unmatched slots
+        # scatter into an extra dump column Q, dropped afterwards, so indices never collide.
+        target_classes = torch.full(
+            (batch_size, num_queries + 1), self.num_classes, dtype=torch.long, device=logits.device
+        )
+        target_classes.scatter_(
+            1,
+            torch.where(matched, src_idx, num_queries),
+            torch.where(matched, labels, self.num_classes),
+        )
+        loss_ce = self._loss_ce(logits, target_classes[:, :num_queries], num_boxes)
+
+        # Boxes: gather the matched query's box for every slot; unmatched slots compare a
+        # fixed finite box with itself (zero loss, zero and finite gradient).
+        src_boxes = _upcast(pred_boxes).gather(1, src_idx[..., None].expand(-1, -1, 4))  # [B, T, 4]
+        pad_box = self.pad_box.to(src_boxes)
+        src_boxes = torch.where(matched[..., None], src_boxes, pad_box)
+        tgt_boxes = torch.where(matched[..., None], boxes.to(src_boxes.dtype), pad_box)
+        l1 = (src_boxes - tgt_boxes).abs().sum(-1)  # [B, T]
+        giou = 1 - generalized_box_iou(center_to_corners_format(src_boxes), center_to_corners_format(tgt_boxes))
+        loss_bbox = torch.where(matched, l1, 0).sum() / num_boxes
+        loss_giou = torch.where(matched, giou, 0).sum() / num_boxes
+
+        return {
+            "loss_ce": loss_ce,
+            "loss_bbox": loss_bbox,
+            "loss_giou": loss_giou,
+            "cardinality_error": self._cardinality_error(logits, valid),
+        }
+
+    def _loss_ce(self, logits: Tensor, target_classes: Tensor, num_boxes: Tensor) -> Tensor:
+        """Weighted cross-entropy; logits [B, Q, C+1], target_classes [B, Q] (C = no-object)."""
+        return F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight.to(logits))
+
+    @staticmethod
+    @torch.no_grad()
+    def _cardinality_error(logits: Tensor, valid: Tensor) -> Tensor:
+        """Mean |#queries not predicting no-object - #real objects| per image (logging only)."""
+        num_pred = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1)
+        return F.l1_loss(num_pred.float(), valid.sum(1).float())
+
+    @staticmethod
+    def _num_boxes(valid: Tensor) -> Tensor:
+        """Real boxes per process, averaged over processes, at least 1 (a 0-dim float tensor)."""
+        num_boxes = valid.sum().float()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(num_boxes)
+            num_boxes = num_boxes / dist.get_world_size()
+        return num_boxes.clamp(min=1)
+
+
+class FocalSetCriterion(SetCriterion):
+    """Conditional DETR's criterion: sigmoid focal loss over C classes, no no-object logit.
+
+    logits are [B, Q, C]; a query matched to nothing has an all-zero one-hot target.
+    loss_ce = sum of focal terms over queries and classes / num_boxes, as transformers
+    computes it (its weight stays 1: transformers ignores ``cls_loss_coefficient``).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: FocalHungarianMatcher,
+        focal_alpha: float = 0.25,
+        weight_dict: Mapping[str, float] | None = None,
+        aux_loss: bool = True,
+    ):
+        super().__init__(num_classes, matcher, eos_coef=1.0, weight_dict=weight_dict, aux_loss=aux_loss)
+        self.focal_alpha = focal_alpha
+
+    @classmethod
+    def from_config(cls, config) -> "FocalSetCriterion":
+        """Build from a transformers ``ConditionalDetrConfig``."""
+        matcher = FocalHungarianMatcher(config.class_cost, config.bbox_cost, config.giou_cost)
+        return cls(config.num_labels, matcher, config.focal_alpha, _weight_dict(config), config.auxiliary_loss)
+
+    def _loss_ce(self, logits: Tensor, target_classes: Tensor, num_boxes: Tensor) -> Tensor:
+        """Sigmoid focal loss; logits [B, Q, C], target_classes [B, Q] (C = no object)."""
+        onehot = F.one_hot(target_classes, self.num_classes + 1)[..., :-1].to(logits.dtype)
+        return sigmoid_focal_loss(logits, onehot, num_boxes, alpha=self.focal_alpha, gamma=2) * logits.shape[1]
+
+    @staticmethod
+    @torch.no_grad()
+    def _cardinality_error(logits: Tensor, valid: Tensor) -> Tensor:
+        """Mean |#queries with some class probability > 0.5 - #real objects| per image (logging only)."""
+        num_pred = (logits.max(-1).values > 0).sum(1)
+        return F.l1_loss(num_pred.float(), valid.sum(1).float())

@@ -1,0 +1,149 @@
+"""``detr-ft train``: data -> model -> Lightning Trainer -> files in the output dir."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+
+from detr_ft.checkpoint import AtomicCheckpointIO, load_checkpoint, model_from_checkpoint
+from detr_ft.config import TrainConfig
+from detr_ft.data.batching import Collator, compute_buckets
+from detr_ft.data.coco import load_index
+from detr_ft.engine import DetectionData, DetrModule, NonFiniteLossError, OptimConfig, Throughput
+from detr_ft.errors import UserError
+from detr_ft.metrics import METRIC_NAMES, ground_truth
+from detr_ft.model.build import ModelBundle, build_model, set_backbone_trainable
+from detr_ft.plots import plot_curves
+
+log = logging.getLogger("detr_ft")
+
+
+def accelerator_for(device: str) -> str:
+    """--device -> a Lightning accelerator, with a clear error where it is not available."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+    if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UserError("--device mps: Apple MPS is not available here; use --device cpu or auto")
+    if device == "hpu":
+        try:
+            from lightning_habana.pytorch.accelerator import HPUAccelerator
+        except ImportError:
+            raise UserError("--device hpu needs lightning-habana: pip install 'detr-ft[hpu]' "
+                            "(inside a Gaudi software container)") from None
+        return HPUAccelerator()
+    return device
+
+
+def newest_checkpoint(out_dir: Path) -> Path | None:
+    ckpts = [p for p in out_dir.glob("*.ckpt") if p.is_file()]
+    return max(ckpts, key=lambda p: p.stat().st_mtime) if ckpts else None
+
+
+def canvases_for(cfg: TrainConfig, resize) -> list[tuple[int, int]] | None:
+    if not cfg.pad:
+        return None
+    if cfg.pad_size:
+        return [(int(cfg.pad_size[0]), int(cfg.pad_size[1]))]
+    return [resize.max_canvas]
+
+
+def warm_start_bundle(cfg: TrainConfig, categories) -> ModelBundle:
+    """--use-ckpt --ckpt-path P: start from the weights of a detr-ft checkpoint."""
+    model, resize, ckpt_categories, family = model_from_checkpoint(Path(cfg.ckpt_path).expanduser())
+    if ckpt_categories != categories:
+        raise UserError(f"--ckpt-path {cfg.ckpt_path}: its classes {list(ckpt_categories.names)} differ from "
+                        f"the dataset's {list(categories.names)}")
+    info = load_checkpoint(Path(cfg.ckpt_path).expanduser())["detr_ft"]
+    model.train()
+    set_backbone_trainable(model, pretrained=bool(info.get("pretrained")))
+    return ModelBundle(model, resize, family, pretrained=bool(info.get("pretrained")))
+
+
+def run_train(cfg: TrainConfig) -> dict:
+    """Fine-tune as ``cfg`` says; returns the summary also written to metrics.json."""
+    cfg.validate()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(cfg.data_dir).expanduser()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    train_index = load_index(data_dir, "train", cfg.on_bad_data)
+    val_index = None if cfg.train_only else load_index(data_dir, "test", cfg.on_bad_data,
+                                                       categories=train_index.categories)
+    categories = train_index.categories
+    bundle = warm_start_bundle(cfg, categories) if cfg.use_ckpt else build_model(cfg.model, categories.id2label)
+
+    counts = train_index.object_counts()
+    buckets = compute_buckets(counts, cfg.num_buckets)
+    if buckets and val_index is not None and len(val_index):
+        buckets[-1] = max(buckets[-1], int(val_index.object_counts().max()))
+    canvases = canvases_for(cfg, bundle.resize)
+    if buckets:
+        print(f"object buckets: {buckets}")
+    collator = Collator(bundle.resize.mean, bundle.resize.std, canvases=canvases, buckets=buckets)
+    accelerator = accelerator_for(cfg.device)
+    data = DetectionData(train_index, val_index, bundle.resize, cfg.batch_size,
+                         0 if cfg.deterministic else cfg.num_workers, collator, seed=cfg.seed,
+                         shuffle=True, drop_last=cfg.pad, pin_memory=torch.cuda.is_available())
+    module = DetrModule(bundle, categories,
+                        OptimConfig(cfg.lr, cfg.lr_backbone, cfg.weight_decay, cfg.lr_schedule, cfg.warmup_steps),
+                        val_ground_truth=ground_truth(val_index.records, categories) if val_index else None)
+
+    store = Path(cfg.ckpt_store_path).expanduser() if cfg.ckpt_store_path else out
+    callbacks: list[L.Callback] = [L.pytorch.callbacks.ModelCheckpoint(dirpath=out, save_last=True, save_top_k=0)]
+    if cfg.ckpt_store_interval_epochs:
+        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(
+            dirpath=store, filename="epoch{epoch:03d}", auto_insert_metric_name=False, save_top_k=-1,
+            every_n_epochs=cfg.ckpt_store_interval_epochs))
+    throughput = Throughput()
+    callbacks.append(throughput)
+    loggers = [L.pytorch.loggers.CSVLogger(out, name="", version="")]
+    if cfg.logger == "tensorboard":
+        loggers.append(L.pytorch.loggers.TensorBoardLogger(out, name="tensorboard", version=""))
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
+        precision="bf16-mixed" if cfg.autocast else "32-true",
+        max_epochs=cfg.max_epochs if cfg.max_epochs > 0 else -1, max_steps=cfg.max_steps,
+        max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
+        gradient_clip_val=cfg.grad_clip or None, deterministic=cfg.deterministic,
+        logger=loggers, callbacks=callbacks, log_every_n_steps=1, num_sanity_val_steps=0,
+        limit_val_batches=0 if cfg.train_only else None, enable_model_summary=False,
+        default_root_dir=out, plugins=[AtomicCheckpointIO()],
+    )
+    resume_from = None
+    if cfg.resume:
+        resume_from = newest_checkpoint(out)
+        if resume_from is None:
+            raise UserError(f"--resume: no checkpoint in {out} to continue from; drop --resume to start afresh")
+        load_checkpoint(resume_from)  # fails with a clear error if truncated, corrupt or unsafe
+        print(f"resuming from {resume_from}")
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    started = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+    except NonFiniteLossError as e:
+        raise UserError(f"{e}; the last good checkpoint is kept in {out}") from None
+    summary = {
+        **{k: float(v) for k, v in getattr(module, "last_val_metrics", {}).items() if k in METRIC_NAMES},
+        "per_class": getattr(module, "last_val_metrics", {}).get("per_class", {}),
+        "images_per_second": round(throughput.images_per_second, 3),
+        "world_size": trainer.world_size,
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "buckets": buckets,
+        "canvases": canvases,
+        "model": cfg.model if not cfg.use_ckpt else cfg.ckpt_path,
+        "data": train_index.report.to_dict(),
+    }
+    if trainer.is_global_zero:
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+        plot_curves(out / "metrics.csv", out / "curves.png")
+    return summary
