@@ -74,6 +74,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="gradient norm clip (0: off)")
     g.add_argument("--lr-schedule", choices=["constant", "cosine"], default=d.lr_schedule)
     g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    g.add_argument("--hflip", type=float, default=d.hflip, help="probability of a horizontal flip in training")
     g.add_argument("--max-minutes", type=float, default=d.max_minutes, help="stop training after M minutes")
     g = p.add_argument_group("static shapes, devices, runs")
     g.add_argument("--pad-size", type=int, nargs=2, metavar=("H", "W"), default=d.pad_size,

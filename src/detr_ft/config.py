@@ -48,6 +48,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 0.1
     lr_schedule: str = "constant"
+    hflip: float = 0.5
     warmup_steps: int = 0
     on_bad_data: str = "error"
     logger: str = "csv"
@@ -73,6 +74,8 @@ class TrainConfig:
             raise UserError("--weight-decay and --grad-clip must be 0 or more")
         if not 0.0 <= self.threshold <= 1.0:
             raise UserError(f"--threshold must be between 0 and 1 (got {self.threshold})")
+        if not 0.0 <= self.hflip <= 1.0:
+            raise UserError(f"--hflip must be a probability between 0 and 1 (got {self.hflip})")
         if self.pad_size is not None and (len(self.pad_size) != 2 or min(self.pad_size) < 32):
             raise UserError(f"--pad-size takes two numbers H W of at least 32 (got {self.pad_size})")
         if self.device not in DEVICES:

@@ -145,9 +145,9 @@ class DetectionData(L.LightningDataModule):
 
     def __init__(self, train_index: CocoIndex, val_index: CocoIndex | None, resize: ResizeSpec,
                  batch_size: int, num_workers: int, collator: Collator, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = False, pin_memory: bool = False):
+                 shuffle: bool = True, drop_last: bool = False, pin_memory: bool = False, hflip: float = 0.5):
         super().__init__()
-        self.train_set = DetectionDataset(train_index, resize, train=True, seed=seed)
+        self.train_set = DetectionDataset(train_index, resize, train=True, seed=seed, hflip=hflip)
         self.val_set = DetectionDataset(val_index, resize, train=False) if val_index is not None else None
         self.batch_size = batch_size
         self.num_workers = num_workers

@@ -43,7 +43,7 @@ def coco_metrics(gt: dict, results: list[dict], categories: Categories) -> dict:
         return empty
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(gt)
-        coco_dt = coco_gt.loadRes(results)
+        coco_dt = coco_gt.loadRes([dict(r) for r in results])  # loadRes adds keys to the records it gets
         ev = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=lambda *a, **k: None)
         ev.evaluate()
         ev.accumulate()

@@ -25,6 +25,14 @@ from detr_ft.plots import plot_curves
 log = logging.getLogger("detr_ft")
 
 
+class PeriodicCheckpoint(L.pytorch.callbacks.ModelCheckpoint):
+    """The every-N-epochs checkpoints, kept beside last.ckpt's own callback."""
+
+    @property
+    def state_key(self) -> str:
+        return "periodic-" + super().state_key
+
+
 def accelerator_for(device: str) -> str:
     """--device -> a Lightning accelerator, with a clear error where it is not available."""
     if device == "cuda" and not torch.cuda.is_available():
@@ -68,6 +76,11 @@ def warm_start_bundle(cfg: TrainConfig, categories) -> ModelBundle:
 
 def run_train(cfg: TrainConfig) -> dict:
     """Fine-tune as ``cfg`` says; returns the summary also written to metrics.json."""
+    return fit(cfg)[2]
+
+
+def fit(cfg: TrainConfig):
+    """Fine-tune; returns (trainer, module, summary)."""
     cfg.validate()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,17 +104,17 @@ def run_train(cfg: TrainConfig) -> dict:
     accelerator = accelerator_for(cfg.device)
     data = DetectionData(train_index, val_index, bundle.resize, cfg.batch_size,
                          0 if cfg.deterministic else cfg.num_workers, collator, seed=cfg.seed,
-                         shuffle=True, drop_last=cfg.pad, pin_memory=torch.cuda.is_available())
+                         shuffle=True, drop_last=cfg.pad, pin_memory=torch.cuda.is_available(), hflip=cfg.hflip)
     module = DetrModule(bundle, categories,
                         OptimConfig(cfg.lr, cfg.lr_backbone, cfg.weight_decay, cfg.lr_schedule, cfg.warmup_steps),
                         val_ground_truth=ground_truth(val_index.records, categories) if val_index else None)
 
     store = Path(cfg.ckpt_store_path).expanduser() if cfg.ckpt_store_path else out
-    callbacks: list[L.Callback] = [L.pytorch.callbacks.ModelCheckpoint(dirpath=out, save_last=True, save_top_k=0)]
+    callbacks: list[L.Callback] = [L.pytorch.callbacks.ModelCheckpoint(dirpath=out, save_last=True, save_top_k=0, enable_version_counter=False)]
     if cfg.ckpt_store_interval_epochs:
-        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(
+        callbacks.append(PeriodicCheckpoint(
             dirpath=store, filename="epoch{epoch:03d}", auto_insert_metric_name=False, save_top_k=-1,
-            every_n_epochs=cfg.ckpt_store_interval_epochs))
+            every_n_epochs=cfg.ckpt_store_interval_epochs, enable_version_counter=False))
     throughput = Throughput()
     callbacks.append(throughput)
     loggers = [L.pytorch.loggers.CSVLogger(out, name="", version="")]
@@ -144,6 +157,20 @@ def run_train(cfg: TrainConfig) -> dict:
         "data": train_index.report.to_dict(),
     }
     if trainer.is_global_zero:
+        if not cfg.train_only and cfg.max_inf_frames:
+            summary["predictions"] = sample_predictions(module, bundle.resize, categories, cfg, out)
         (out / "metrics.json").write_text(json.dumps(summary, indent=2))
         plot_curves(out / "metrics.csv", out / "curves.png")
-    return summary
+    return trainer, module, summary
+
+
+def sample_predictions(module: DetrModule, resize, categories, cfg: TrainConfig, out: Path) -> str:
+    """Annotate the first --max-inf-frames validation images at --threshold (as the original did)."""
+    from detr_ft.detector import Detector
+    from detr_ft.predict import run_predict
+
+    detector = Detector(module.model, resize, categories, device=module.device.type)
+    run_predict("", out / "predictions", data_dir=cfg.data_dir, split="test", threshold=cfg.threshold,
+                max_inf_frames=cfg.max_inf_frames, batch_size=cfg.batch_size, detector=detector)
+    module.model.train()
+    return str(out / "predictions")

@@ -31,12 +31,15 @@ class Sample:
 
 
 class DetectionDataset(Dataset):
-    """Lazy image loading over a ``CocoIndex``; random horizontal flip when ``train``."""
+    """Lazy image loading over a ``CocoIndex``; random horizontal flip (probability
+    ``hflip``) when ``train``."""
 
-    def __init__(self, index: CocoIndex, resize_spec: ResizeSpec, train: bool = False, seed: int = 0):
+    def __init__(self, index: CocoIndex, resize_spec: ResizeSpec, train: bool = False, seed: int = 0,
+                 hflip: float = 0.5):
         self.index = index
         self.resize_spec = resize_spec
         self.train = train
+        self.hflip = hflip
         self.seed = seed
 
     def __len__(self) -> int:
@@ -53,7 +56,7 @@ class DetectionDataset(Dataset):
         boxes = xywh_to_cxcywh_norm(record.boxes, record.width, record.height)
         if self.train:
             rng = np.random.default_rng((self.seed, epoch, i))
-            if rng.random() < 0.5:
+            if rng.random() < self.hflip:
                 image, boxes = hflip(image, boxes)
         orig_size = (image.height, image.width)
         image = resize(image, self.resize_spec)
