@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import sys
 import time
 from dataclasses import fields
@@ -29,6 +31,20 @@ def default_output_dir(command: str) -> Path:
     return Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def check_output_dir(path: Path, flag: str = "--output-dir") -> None:
+    """Refuse an output folder that is a file, lies under a file, or cannot be written (nothing is created)."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: is a file; choose a folder")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: no permission to write in {parent}; choose another path")
+
+
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", help="where files are written (default runs/<subcommand>-<timestamp>)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
@@ -39,6 +55,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     g = p.add_argument_group("data and model")
     g.add_argument("--data-dir", default=d.data_dir, help=f"dataset in CPPE-5 layout (default {DEFAULT_DATA_DIR})")
+    g.add_argument("--hf-dataset", default=d.hf_dataset, metavar="NAME_OR_PATH",
+                   help="read a 🤗 datasets detection dataset (CPPE-5's hub schema; a hub id or a save_to_disk "
+                        "folder) instead of --data-dir; needs pip install 'detr-ft[hub]'")
     g.add_argument("--model", default=d.model,
                    help="hub id (default facebook/detr-resnet-50), local Hugging Face directory, or preset "
                         "(detr-tiny)")
@@ -72,6 +91,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-backbone", type=float, default=d.lr_backbone)
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="gradient norm clip (0: off)")
+    g.add_argument("--on-non-finite", choices=["error", "skip"], default=d.on_non_finite,
+                   help="a NaN/inf training loss: stop (keeping the last good checkpoint), or skip the batch")
     g.add_argument("--lr-schedule", choices=["constant", "cosine"], default=d.lr_schedule)
     g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     g.add_argument("--hflip", type=float, default=d.hflip, help="probability of a horizontal flip in training")
@@ -79,6 +100,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("static shapes, devices, runs")
     g.add_argument("--pad-size", type=int, nargs=2, metavar=("H", "W"), default=d.pad_size,
                    help="canvas for --pad (default: the largest size the model's resize produces)")
+    g.add_argument("--pad-canvases", choices=["square", "auto"], default=d.pad_canvases,
+                   help="auto: a landscape and a portrait canvas, batches grouped by orientation")
     g.add_argument("--compile", action=b, default=d.compile, help="torch.compile the model")
     g.add_argument("--devices", type=int, default=d.devices)
     g.add_argument("--num-nodes", type=int, default=d.num_nodes)
@@ -118,6 +141,7 @@ def build_parser() -> Parser:
     ev = sub.add_parser("eval", help="COCO metrics of a checkpoint")
     ev.add_argument("--ckpt-path", required=True)
     ev.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    ev.add_argument("--hf-dataset", metavar="NAME_OR_PATH", help="a 🤗 datasets dataset instead of --data-dir")
     ev.add_argument("--split", default="test")
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--device", choices=DEVICES, default="auto")
@@ -129,6 +153,7 @@ def build_parser() -> Parser:
     src = pr.add_mutually_exclusive_group()
     src.add_argument("--images", nargs="+", help="image files or folders")
     src.add_argument("--data-dir", default=None)
+    src.add_argument("--hf-dataset", metavar="NAME_OR_PATH", help="a 🤗 datasets dataset instead of --data-dir")
     pr.add_argument("--split", default="test")
     pr.add_argument("--threshold", type=float, default=0.5)
     pr.add_argument("--max-inf-frames", type=int, default=0, help="at most N images (0: all)")
@@ -166,30 +191,62 @@ def train_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> T
         except FileNotFoundError:
             raise UserError(f"--config {path}: file not found") from None
         except yaml.YAMLError as e:
-            raise UserError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise UserError(f"--config {path}: not valid YAML{where} ({getattr(e, 'problem', None) or e})") from None
         if not isinstance(loaded, dict):
             raise UserError(f"--config {path}: expected a mapping of flag names to values")
         loaded = {k.replace("-", "_"): v for k, v in loaded.items()}
         unknown = sorted(set(loaded) - names)
         if unknown:
             raise UserError(f"--config {path}: unknown setting(s) {', '.join(unknown)}; use train flag names")
-        explicit = explicit_flags(parser, sys.argv[1:] if args._argv is None else args._argv)
+        actions = {a.dest: a for a in parser._actions}
+        explicit = explicit_flags(sys.argv[1:] if args._argv is None else args._argv)
         for k, v in loaded.items():
             if k not in explicit:
-                values[k] = v
+                values[k] = yaml_value(actions.get(k), k, v, path)
     return TrainConfig(**values)
 
 
-def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
-    """The dests of the options that appear on the command line."""
-    found = set()
-    for token in argv:
-        if token.startswith("--"):
-            name = token[2:].split("=", 1)[0]
-            if name.startswith("no-"):
-                name = name[3:]
-            found.add(name.replace("-", "_"))
-    return found
+def yaml_value(action: argparse.Action | None, key: str, value, path: Path):
+    """A --config value checked and converted as its flag's would be (type, choices, nargs)."""
+    if action is None or value is None:  # settings without a flag (output_dir), or "not set"
+        return value
+    flag = "--" + key.replace("_", "-")
+
+    def bad(why: str) -> UserError:
+        return UserError(f"--config {path}: {key}: {value!r} is not {why}, as {flag} needs")
+
+    if isinstance(action, argparse.BooleanOptionalAction):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    convert = action.type or str
+    items = value if action.nargs is not None else [value]
+    if action.nargs is not None and not (isinstance(value, list) and len(value) == action.nargs):
+        raise bad(f"a list of {action.nargs} values")
+    try:
+        if convert is int and any(isinstance(v, float) and not v.is_integer() for v in items):
+            raise ValueError
+        if any(isinstance(v, (bool, list, dict)) for v in items):
+            raise ValueError
+        items = [convert(v) for v in items]
+    except (TypeError, ValueError):
+        kind = {int: "an integer", float: "a number"}.get(convert, "text")
+        raise bad(kind) from None
+    if action.choices and any(v not in action.choices for v in items):
+        raise bad(f"one of {', '.join(map(str, action.choices))}")
+    return items if action.nargs is not None else items[0]
+
+
+def explicit_flags(argv: list[str]) -> set[str]:
+    """The dests of the train options given on the command line (abbreviated or not):
+    ``argv`` parsed again by a fresh parser whose defaults are all suppressed."""
+    probe = build_parser()
+    train = probe._subparsers._group_actions[0].choices["train"]
+    for action in train._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv))) - {"command"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,6 +260,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"detr-ft {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system refused a path (permission, missing folder, disk full): the user's to fix
+        if args.debug:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"detr-ft {args.command}: error: {e.strerror or e}{where}; check the path and its permissions "
+              f"(--debug shows where)", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        if args.debug or not isinstance(e, MisconfigurationException):
+            raise
+        print(f"detr-ft {args.command}: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("detr-ft: interrupted", file=sys.stderr)
@@ -231,6 +302,7 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     out = Path(args.output_dir) if args.output_dir else default_output_dir(args.command)
     if args.command == "data":
         return cmd_data(args)
+    check_output_dir(out)
     if args.command == "train":
         from detr_ft.train import run_train
 
@@ -247,7 +319,7 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
         run_eval(args.ckpt_path, args.data_dir, out, args.split, args.batch_size, device=args.device,
-                 on_bad_data=args.on_bad_data)
+                 on_bad_data=args.on_bad_data, hf_dataset=args.hf_dataset)
         print(f"\nmetrics: {out / 'metrics.json'}\ndetections: {out / 'detections.json'}")
         return 0
     if args.command == "predict":
@@ -261,6 +333,8 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "demo":
         from detr_ft.demo import run_demo
 
+        if not (math.isfinite(args.minutes) and args.minutes > 0):
+            raise UserError(f"--minutes must be a positive number of minutes (got {args.minutes})")
         run_demo(out, minutes=args.minutes)
         return 0
     raise AssertionError(args.command)
@@ -286,13 +360,16 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace, out: Path) -> int:
     from detr_ft.predict import run_predict
 
-    if args.images is None and args.data_dir is None:
+    if args.images is None and args.data_dir is None and args.hf_dataset is None:
         args.data_dir = DEFAULT_DATA_DIR
+    if args.max_inf_frames < 0 or args.num_buckets < 0:
+        raise UserError(f"--max-inf-frames and --num-buckets must be 0 or more (got {args.max_inf_frames}, "
+                        f"{args.num_buckets})")
     if args.num_buckets:
         print("note: --num-buckets has no effect on inference (there are no targets to pad)")
     summary = run_predict(args.ckpt_path, out, images=args.images, data_dir=args.data_dir, split=args.split,
                           threshold=args.threshold, max_inf_frames=args.max_inf_frames,
-                          batch_size=args.batch_size, device=args.device, pad=args.pad)
+                          batch_size=args.batch_size, device=args.device, pad=args.pad, hf_dataset=args.hf_dataset)
     print_summary("predict", out, {k: summary[k] for k in ("images", "detections", "annotated",
                                                            "detections_json")})
     return 0

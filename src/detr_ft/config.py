@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ class TrainConfig:
 
     output_dir: str | None = None
     data_dir: str = DEFAULT_DATA_DIR
+    hf_dataset: str | None = None  # a 🤗 datasets id or save_to_disk folder, read instead of data_dir
     model: str = "facebook/detr-resnet-50"
     max_epochs: int = 5
     max_steps: int = -1
@@ -51,6 +53,7 @@ class TrainConfig:
     hflip: float = 0.5
     warmup_steps: int = 0
     on_bad_data: str = "error"
+    on_non_finite: str = "error"
     logger: str = "csv"
     extra: dict = field(default_factory=dict)
 
@@ -76,8 +79,13 @@ class TrainConfig:
             raise UserError(f"--threshold must be between 0 and 1 (got {self.threshold})")
         if not 0.0 <= self.hflip <= 1.0:
             raise UserError(f"--hflip must be a probability between 0 and 1 (got {self.hflip})")
-        if self.pad_size is not None and (len(self.pad_size) != 2 or min(self.pad_size) < 32):
-            raise UserError(f"--pad-size takes two numbers H W of at least 32 (got {self.pad_size})")
+        if self.pad_canvases not in ("square", "auto"):
+            raise UserError(f"--pad-canvases must be square or auto (got {self.pad_canvases})")
+        if self.pad_size is not None and self.pad_canvases == "auto":
+            raise UserError("--pad-size sets one canvas; it does not go with --pad-canvases auto")
+        if self.pad_size is not None and (len(self.pad_size) != 2 or not 32 <= min(self.pad_size) <= max(
+                self.pad_size) <= 10000):
+            raise UserError(f"--pad-size takes two numbers H W between 32 and 10000 (got {self.pad_size})")
         if self.device not in DEVICES:
             raise UserError(f"--device must be one of {', '.join(DEVICES)} (got {self.device})")
         if self.use_ckpt and not self.ckpt_path:
@@ -86,6 +94,22 @@ class TrainConfig:
             raise UserError(f"--ckpt-path {self.ckpt_path}: no such file")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise UserError(f"--max-minutes must be positive (got {self.max_minutes})")
+        for name in ("lr", "lr_backbone", "weight_decay", "grad_clip", "max_minutes"):
+            v = getattr(self, name)
+            if v is not None and not math.isfinite(v):
+                raise UserError(f"--{name.replace('_', '-')} must be a finite number (got {v})")
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"--seed must be between 0 and 2**32 - 1 (got {self.seed})")
+        for name, choices in (("on_bad_data", ("error", "skip")), ("on_non_finite", ("error", "skip"))):
+            if getattr(self, name) not in choices:
+                raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)} "
+                                f"(got {getattr(self, name)})")
+        if self.device != "hpu":  # lightning-habana registers its strategies when imported
+            from lightning.pytorch.strategies import StrategyRegistry
+
+            known = ["auto", *StrategyRegistry.available_strategies()]
+            if self.strategy not in known:
+                raise UserError(f"--strategy {self.strategy}: unknown; use one of {', '.join(known[:8])}, ...")
         return self
 
     def to_dict(self) -> dict:

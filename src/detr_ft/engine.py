@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -13,12 +14,12 @@ from torch.utils.data import DataLoader
 from detr_ft.data.batching import Batch, Collator
 from detr_ft.data.coco import Categories, CocoIndex
 from detr_ft.data.dataset import DetectionDataset
-from detr_ft.data.sampling import EpochSampler
+from detr_ft.data.sampling import EpochSampler, OrientationBatchSampler
 from detr_ft.data.transforms import ResizeSpec
 from detr_ft.metrics import METRIC_NAMES, coco_metrics
 from detr_ft.model.build import ModelBundle, backbone_module
 from detr_ft.model.criterion import SetCriterion
-from detr_ft.model.outputs import detection_outputs
+from detr_ft.model.outputs import detection_outputs, transformers_loss, uses_transformers_loss
 from detr_ft.model.postprocess import postprocess, to_coco_results
 
 LOSS_PARTS = ("loss_ce", "loss_bbox", "loss_giou")
@@ -46,14 +47,18 @@ class DetrModule(L.LightningModule):
     """
 
     def __init__(self, bundle: ModelBundle, categories: Categories, optim: OptimConfig,
-                 val_ground_truth: dict | None = None):
+                 val_ground_truth: dict | None = None, on_non_finite: str = "error"):
         super().__init__()
+        self.on_non_finite = on_non_finite  # "error": stop the run; "skip": no update for that batch
+        self.skipped_steps = 0
         self.model = bundle.model
         self.bundle_info = {"family": bundle.family, "pretrained": bundle.pretrained, "resize": asdict(bundle.resize),
                             "trainable_batch_norm": not bundle.pretrained}
         self.categories = categories
         self.optim = optim
-        self.criterion = SetCriterion.from_config(self.model.config)
+        # None: transformers computes this family's loss (RT-DETR), fed the real objects only
+        config = self.model.config
+        self.criterion = None if uses_transformers_loss(config) else SetCriterion.from_config(config)
         self.val_ground_truth = val_ground_truth
         self._val_results: list[dict] = []
 
@@ -62,15 +67,26 @@ class DetrModule(L.LightningModule):
         return detection_outputs(self.model, pixel_values, pixel_mask, with_aux=with_aux)
 
     def compute_loss(self, batch: Batch, with_aux: bool = True) -> dict:
+        if self.criterion is None:
+            return transformers_loss(self.model, batch)[1]
         out = self(batch.pixel_values, batch.pixel_mask, with_aux=with_aux)
         return self.criterion(out.logits, out.boxes, batch.labels, batch.boxes, batch.valid, out.aux)
 
     def training_step(self, batch: Batch, batch_idx: int):
         losses = self.compute_loss(batch)
         loss = losses["loss"]
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"the training loss is {loss.item()} at step {self.global_step} "
-                                     f"(epoch {self.current_epoch}); lower --lr or check the data")
+        finite = bool(torch.isfinite(loss))
+        if self.trainer.world_size > 1:  # every process skips or stops together
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            where = f"step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+            if self.on_non_finite == "skip":
+                self.skipped_steps += 1
+                logging.getLogger("detr_ft").warning("non-finite training loss at %s: batch skipped, no update "
+                                                     "(--on-non-finite skip)", where)
+                return None  # Lightning: no backward, no optimizer update
+            raise NonFiniteLossError(f"the training loss is {loss.item()} at {where}; lower --lr, check the data, "
+                                     f"or pass --on-non-finite skip to skip such batches")
         bs = len(batch)
         self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
         self.log_dict({f"train_{k}": losses[k].detach() for k in LOSS_PARTS}, on_step=True, on_epoch=False,
@@ -82,21 +98,29 @@ class DetrModule(L.LightningModule):
         self._val_results = []
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        out = self(batch.pixel_values, batch.pixel_mask, with_aux=False)
-        losses = self.criterion(out.logits, out.boxes, batch.labels, batch.boxes, batch.valid, [])
+        if self.criterion is None:
+            out, losses = transformers_loss(self.model, batch)
+        else:
+            out = self(batch.pixel_values, batch.pixel_mask, with_aux=False)
+            losses = self.criterion(out.logits, out.boxes, batch.labels, batch.boxes, batch.valid, [])
         self.log("val_loss", losses["loss"], on_step=False, on_epoch=True, batch_size=len(batch), sync_dist=True)
         for dets, image_id in zip(postprocess(out.logits, out.boxes, batch.orig_sizes, self.categories),
                                   batch.image_ids.tolist()):
-            self._val_results.extend(to_coco_results(dets, image_id)[:MAX_DETECTIONS])
+            if image_id >= 0:  # -1: a blank image that only fills the batch
+                self._val_results.append((image_id, to_coco_results(dets, image_id)[:MAX_DETECTIONS]))
 
     def on_validation_epoch_end(self) -> None:
         if self.val_ground_truth is None or self.trainer.sanity_checking:
             return
-        results = self._val_results
+        per_image = dict(self._val_results)
         if self.trainer.world_size > 1 and torch.distributed.is_initialized():
             gathered = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, results)
-            results = [r for part in gathered for r in part]
+            torch.distributed.all_gather_object(gathered, self._val_results)
+            per_image = {}
+            for part in gathered:  # an image seen twice (sampler padding) counts once
+                for image_id, records in part:
+                    per_image.setdefault(image_id, records)
+        results = [r for records in per_image.values() for r in records]
         metrics = coco_metrics(self.val_ground_truth, results, self.categories)
         self.last_val_metrics = metrics
         self.log_dict({f"val_{k}": float(metrics[k]) for k in METRIC_NAMES if k != "map_50"})
@@ -141,34 +165,46 @@ class DetrModule(L.LightningModule):
 
 
 class DetectionData(L.LightningDataModule):
-    """Train and validation loaders over COCO indexes, producing ``Batch``es."""
+    """Train and validation loaders over COCO indexes, producing ``Batch``es.
+
+    ``orientation_batches``: batches group landscape and portrait images apart
+    (for ``--pad-canvases auto``). Validation batches are filled to full size
+    with blank images when the collator is static (``fill_to``).
+    """
 
     def __init__(self, train_index: CocoIndex, val_index: CocoIndex | None, resize: ResizeSpec,
-                 batch_size: int, num_workers: int, collator: Collator, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = False, pin_memory: bool = False, hflip: float = 0.5):
+                 batch_size: int, num_workers: int, collator: Collator, val_collator: Collator | None = None,
+                 seed: int = 0, shuffle: bool = True, drop_last: bool = False, pin_memory: bool = False,
+                 hflip: float = 0.5, orientation_batches: bool = False):
         super().__init__()
         self.train_set = DetectionDataset(train_index, resize, train=True, seed=seed, hflip=hflip)
         self.val_set = DetectionDataset(val_index, resize, train=False) if val_index is not None else None
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.collator = collator
+        self.val_collator = val_collator or collator
         self.seed = seed
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.pin_memory = pin_memory
+        self.orientation_batches = orientation_batches
 
-    def _loader(self, dataset, sampler, drop_last: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=self.collator, drop_last=drop_last, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
+    def _loader(self, dataset, collator, shuffle: bool, drop_last: bool) -> DataLoader:
+        common = dict(num_workers=self.num_workers, collate_fn=collator, pin_memory=self.pin_memory,
+                      persistent_workers=self.num_workers > 0)
+        if self.orientation_batches:
+            portrait = [r.height > r.width for r in dataset.index.records]
+            sampler = OrientationBatchSampler(portrait, self.batch_size, shuffle, self.seed, drop_last)
+            return DataLoader(dataset, batch_sampler=sampler, **common)
+        sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=self.seed)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last, **common)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochSampler(len(self.train_set), shuffle=self.shuffle, seed=self.seed)
         drop_last = self.drop_last and len(self.train_set) >= self.batch_size
-        return self._loader(self.train_set, sampler, drop_last)
+        return self._loader(self.train_set, self.collator, self.shuffle, drop_last)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, EpochSampler(len(self.val_set), shuffle=False), False)
+        return self._loader(self.val_set, self.val_collator, False, False)
 
 
 class Throughput(L.Callback):

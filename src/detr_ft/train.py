@@ -14,13 +14,14 @@ import yaml
 
 from detr_ft.checkpoint import AtomicCheckpointIO, load_checkpoint, model_from_checkpoint
 from detr_ft.config import TrainConfig
-from detr_ft.data.batching import Collator, compute_buckets
-from detr_ft.data.coco import load_index
+from detr_ft.data.batching import Collator, compute_buckets, padded_pixel_fraction
+from detr_ft.data.hf_dataset import read_split
 from detr_ft.engine import DetectionData, DetrModule, NonFiniteLossError, OptimConfig, Throughput
 from detr_ft.errors import UserError
 from detr_ft.metrics import METRIC_NAMES, ground_truth
 from detr_ft.model.build import ModelBundle, build_model, set_backbone_trainable
 from detr_ft.plots import plot_curves
+from detr_ft.resume import ContinuingCSVLogger, StepSeed, remove_stale_temporaries, resume_point
 
 log = logging.getLogger("detr_ft")
 
@@ -55,11 +56,29 @@ def newest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def canvases_for(cfg: TrainConfig, resize) -> list[tuple[int, int]] | None:
+    """The fixed canvases of --pad: one square (or --pad-size), or with --pad-canvases auto
+    a landscape and a portrait one (short x long, long x short), which every resized image fits."""
     if not cfg.pad:
         return None
+    if cfg.pad_canvases == "auto":
+        return [(resize.shortest, resize.longest), (resize.longest, resize.shortest)]
     if cfg.pad_size:
         return [(int(cfg.pad_size[0]), int(cfg.pad_size[1]))]
     return [resize.max_canvas]
+
+
+def compilations(model: torch.nn.Module) -> int:
+    """How many variants of the compiled model forward exist: 1 after the first compile,
+    one more for every recompilation (a new shape, say). Graph breaks inside
+    transformers' code split a variant into several graphs but do not count here."""
+    try:
+        from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
+
+        return len(_debug_get_cache_entry_list(type(model).forward.__code__))
+    except (ImportError, AttributeError):  # private API moved: count compiled graphs instead
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
 
 
 def warm_start_bundle(cfg: TrainConfig, categories) -> ModelBundle:
@@ -84,12 +103,11 @@ def fit(cfg: TrainConfig):
     cfg.validate()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(cfg.data_dir).expanduser()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    train_index = load_index(data_dir, "train", cfg.on_bad_data)
-    val_index = None if cfg.train_only else load_index(data_dir, "test", cfg.on_bad_data,
-                                                       categories=train_index.categories)
+    train_index = read_split(cfg.data_dir, "train", cfg.on_bad_data, hf_dataset=cfg.hf_dataset)
+    val_index = None if cfg.train_only else read_split(cfg.data_dir, "test", cfg.on_bad_data,
+                                                       categories=train_index.categories, hf_dataset=cfg.hf_dataset)
     categories = train_index.categories
     bundle = warm_start_bundle(cfg, categories) if cfg.use_ckpt else build_model(cfg.model, categories.id2label)
 
@@ -100,14 +118,28 @@ def fit(cfg: TrainConfig):
     canvases = canvases_for(cfg, bundle.resize)
     if buckets:
         print(f"object buckets: {buckets}")
+    resized = [bundle.resize.output_size(r.height, r.width) for r in train_index.records]
+    if canvases and any(h > max(c[0] for c in canvases) or w > max(c[1] for c in canvases) for h, w in resized):
+        raise UserError(f"--pad-size {cfg.pad_size}: smaller than the resized images (up to "
+                        f"{bundle.resize.longest} px); use a larger canvas or drop --pad-size")
+    pad_fraction = padded_pixel_fraction(resized, canvases) if canvases else None
+    if canvases:
+        print(f"canvases: {canvases}; padded pixels: {pad_fraction:.1%}")
     collator = Collator(bundle.resize.mean, bundle.resize.std, canvases=canvases, buckets=buckets)
+    val_collator = Collator(bundle.resize.mean, bundle.resize.std, canvases=canvases, buckets=buckets,
+                            fill_to=cfg.batch_size if cfg.pad else None)
+    if cfg.compile:
+        torch._dynamo.reset()
+        bundle.model.model.compile(dynamic=False)
     accelerator = accelerator_for(cfg.device)
     data = DetectionData(train_index, val_index, bundle.resize, cfg.batch_size,
-                         0 if cfg.deterministic else cfg.num_workers, collator, seed=cfg.seed,
-                         shuffle=True, drop_last=cfg.pad, pin_memory=torch.cuda.is_available(), hflip=cfg.hflip)
+                         0 if cfg.deterministic else cfg.num_workers, collator, val_collator, seed=cfg.seed,
+                         shuffle=True, drop_last=cfg.pad, pin_memory=torch.cuda.is_available(), hflip=cfg.hflip,
+                         orientation_batches=bool(canvases) and len(canvases) > 1)
     module = DetrModule(bundle, categories,
                         OptimConfig(cfg.lr, cfg.lr_backbone, cfg.weight_decay, cfg.lr_schedule, cfg.warmup_steps),
-                        val_ground_truth=ground_truth(val_index.records, categories) if val_index else None)
+                        val_ground_truth=ground_truth(val_index.records, categories) if val_index else None,
+                        on_non_finite=cfg.on_non_finite)
 
     store = Path(cfg.ckpt_store_path).expanduser() if cfg.ckpt_store_path else out
     callbacks: list[L.Callback] = [L.pytorch.callbacks.ModelCheckpoint(dirpath=out, save_last=True, save_top_k=0, enable_version_counter=False)]
@@ -116,27 +148,33 @@ def fit(cfg: TrainConfig):
             dirpath=store, filename="epoch{epoch:03d}", auto_insert_metric_name=False, save_top_k=-1,
             every_n_epochs=cfg.ckpt_store_interval_epochs, enable_version_counter=False))
     throughput = Throughput()
-    callbacks.append(throughput)
-    loggers = [L.pytorch.loggers.CSVLogger(out, name="", version="")]
+    callbacks += [throughput, StepSeed(cfg.seed)]
+    resume_from = keep_until = None
+    if cfg.resume:
+        resume_from = newest_checkpoint(out)
+        if resume_from is None:
+            raise UserError(f"--resume: no checkpoint in {out} to continue from; drop --resume to start afresh")
+        keep_until = resume_point(load_checkpoint(resume_from))  # a clear error if truncated, corrupt or unsafe
+        remove_stale_temporaries(out)
+        print(f"resuming from {resume_from} (epoch {keep_until[0]}, step {keep_until[1]})")
+    loggers = [ContinuingCSVLogger(out, keep_until=keep_until)]
     if cfg.logger == "tensorboard":
+        from importlib.util import find_spec
+
+        if find_spec("tensorboard") is None and find_spec("tensorboardX") is None:
+            raise UserError("--logger tensorboard needs TensorBoard: pip install tensorboard (or use --logger csv)")
         loggers.append(L.pytorch.loggers.TensorBoardLogger(out, name="tensorboard", version=""))
     trainer = L.Trainer(
         accelerator=accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
         precision="bf16-mixed" if cfg.autocast else "32-true",
         max_epochs=cfg.max_epochs if cfg.max_epochs > 0 else -1, max_steps=cfg.max_steps,
         max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
-        gradient_clip_val=cfg.grad_clip or None, deterministic=cfg.deterministic,
+        gradient_clip_val=cfg.grad_clip or None, deterministic="warn" if cfg.deterministic else None,
+        use_distributed_sampler=False,  # detr-ft's samplers shard themselves (data/sampling.py)
         logger=loggers, callbacks=callbacks, log_every_n_steps=1, num_sanity_val_steps=0,
         limit_val_batches=0 if cfg.train_only else None, enable_model_summary=False,
         default_root_dir=out, plugins=[AtomicCheckpointIO()],
     )
-    resume_from = None
-    if cfg.resume:
-        resume_from = newest_checkpoint(out)
-        if resume_from is None:
-            raise UserError(f"--resume: no checkpoint in {out} to continue from; drop --resume to start afresh")
-        load_checkpoint(resume_from)  # fails with a clear error if truncated, corrupt or unsafe
-        print(f"resuming from {resume_from}")
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     started = time.perf_counter()
     try:
@@ -153,8 +191,14 @@ def fit(cfg: TrainConfig):
         "wall_seconds": round(time.perf_counter() - started, 1),
         "buckets": buckets,
         "canvases": canvases,
+        "padded_pixel_fraction": None if pad_fraction is None else round(pad_fraction, 4),
+        "padded_pixel_fraction_square": round(padded_pixel_fraction(resized, [bundle.resize.max_canvas]), 4)
+        if canvases else None,
+        "recompiles": compilations(module.model.model) if cfg.compile else None,
         "model": cfg.model if not cfg.use_ckpt else cfg.ckpt_path,
-        "data": train_index.report.to_dict(),
+        "data": {"train": train_index.report.to_dict(),
+                 **({"test": val_index.report.to_dict()} if val_index is not None else {})},
+        "skipped_non_finite_steps": module.skipped_steps,
     }
     if trainer.is_global_zero:
         if not cfg.train_only and cfg.max_inf_frames:
@@ -171,6 +215,7 @@ def sample_predictions(module: DetrModule, resize, categories, cfg: TrainConfig,
 
     detector = Detector(module.model, resize, categories, device=module.device.type)
     run_predict("", out / "predictions", data_dir=cfg.data_dir, split="test", threshold=cfg.threshold,
-                max_inf_frames=cfg.max_inf_frames, batch_size=cfg.batch_size, detector=detector)
+                max_inf_frames=cfg.max_inf_frames, batch_size=cfg.batch_size, detector=detector,
+                hf_dataset=cfg.hf_dataset)
     module.model.train()
     return str(out / "predictions")

@@ -89,13 +89,18 @@ class Collator:
               (smallest) canvas that holds all its images. None: the batch maximum.
     buckets:  object-count buckets; T is the smallest bucket holding the batch's
               largest count. Empty: T is the batch maximum (at least 1).
+    fill_to:  pad a short batch (the last one) with blank images up to this size,
+              so that batch size is static too; blank images have an all-zero
+              pixel_mask, no objects and image_id -1.
     """
 
-    def __init__(self, mean, std, canvases: list[tuple[int, int]] | None = None, buckets: list[int] | None = None):
+    def __init__(self, mean, std, canvases: list[tuple[int, int]] | None = None, buckets: list[int] | None = None,
+                 fill_to: int | None = None):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255.0
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255.0
         self.canvases = sorted(canvases, key=lambda c: c[0] * c[1]) if canvases else None
         self.buckets = list(buckets or [])
+        self.fill_to = fill_to
 
     def canvas_for(self, sizes: list[tuple[int, int]]) -> tuple[int, int]:
         max_h = max(h for h, _ in sizes)
@@ -108,7 +113,7 @@ class Collator:
         raise ValueError(f"an image of {max_h}x{max_w} does not fit the canvases {self.canvases}")
 
     def __call__(self, samples) -> Batch:
-        b = len(samples)
+        b = max(len(samples), self.fill_to or 0)
         H, W = self.canvas_for([tuple(s.image.shape[1:]) for s in samples])
         max_count = max(len(s.labels) for s in samples)
         T = bucket_size(max_count, self.buckets) if self.buckets else max(max_count, 1)
@@ -125,12 +130,25 @@ class Collator:
             labels[i, :n] = s.labels
             boxes[i, :n] = s.boxes
             valid[i, :n] = True
+        blanks = b - len(samples)
         return Batch(
             pixel_values=pixel_values,
             pixel_mask=pixel_mask,
             labels=labels,
             boxes=boxes,
             valid=valid,
-            image_ids=torch.tensor([s.image_id for s in samples], dtype=torch.long),
-            orig_sizes=torch.tensor([s.orig_size for s in samples], dtype=torch.long),
+            image_ids=torch.tensor([s.image_id for s in samples] + [-1] * blanks, dtype=torch.long),
+            orig_sizes=torch.tensor([s.orig_size for s in samples] + [(1, 1)] * blanks, dtype=torch.long),
         )
+
+
+def padded_pixel_fraction(sizes: list[tuple[int, int]], canvases: list[tuple[int, int]]) -> float:
+    """Share of canvas pixels that are padding, over images of the given (resized) sizes,
+    each on the smallest canvas that holds it."""
+    by_area = sorted(canvases, key=lambda c: c[0] * c[1])
+    real = total = 0
+    for h, w in sizes:
+        ch, cw = next((c for c in by_area if c[0] >= h and c[1] >= w), by_area[-1])
+        real += h * w
+        total += ch * cw
+    return 1.0 - real / total if total else 0.0

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from detr_ft.data.coco import CocoIndex
-from detr_ft.data.transforms import ResizeSpec, hflip, load_image, resize, to_uint8_tensor, xywh_to_cxcywh_norm
+from detr_ft.data.transforms import ResizeSpec, hflip, resize, to_uint8_tensor, xywh_to_cxcywh_norm
 
 
 @dataclass
@@ -31,8 +31,8 @@ class Sample:
 
 
 class DetectionDataset(Dataset):
-    """Lazy image loading over a ``CocoIndex``; random horizontal flip (probability
-    ``hflip``) when ``train``."""
+    """Lazy image loading over a ``CocoIndex`` (``index.load_image``: files, or a 🤗 datasets
+    table); random horizontal flip (probability ``hflip``) when ``train``."""
 
     def __init__(self, index: CocoIndex, resize_spec: ResizeSpec, train: bool = False, seed: int = 0,
                  hflip: float = 0.5):
@@ -50,7 +50,7 @@ class DetectionDataset(Dataset):
         flip depends on (seed, epoch, index) only, reproducible with any worker count."""
         i, epoch = key if isinstance(key, tuple) else (key, 0)
         record = self.index.records[i]
-        image = load_image(self.index.image_path(record))
+        image = self.index.load_image(record)
         # COCO boxes are in pixels of the image as displayed (EXIF applied), whose
         # size the JSON gives; normalised, they fit the decoded image at any scale.
         boxes = xywh_to_cxcywh_norm(record.boxes, record.width, record.height)

@@ -1,0 +1,142 @@
+"""--pad, --num-buckets, --pad-canvases, --compile, --deterministic, --autocast."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from detr_ft.cli import main
+from detr_ft.data.batching import Collator, bucket_size, compute_buckets, padded_pixel_fraction
+from detr_ft.data.coco import load_index
+from detr_ft.data.dataset import DetectionDataset
+from detr_ft.data.sampling import EpochSampler, OrientationBatchSampler, _shard
+from detr_ft.data.transforms import ResizeSpec
+from detr_ft.engine import DetrModule, OptimConfig
+from detr_ft.model.build import build_model
+
+RESIZE = ResizeSpec(96, 144)
+
+
+def test_buckets_from_counts_percentiles_top_is_max():
+    counts = [0, 0, 1, 1, 2, 2, 3, 5, 8, 13]
+    assert compute_buckets(counts, 0) == []
+    assert compute_buckets(counts, 1) == [13]
+    b3 = compute_buckets(counts, 3)
+    assert b3[-1] == 13 and b3 == sorted(set(b3)) and len(b3) <= 3
+    assert compute_buckets([0, 0, 0], 2) == [1]  # at least one slot
+    assert [bucket_size(c, [2, 5, 13]) for c in (0, 2, 3, 13)] == [2, 2, 5, 13]
+
+
+def test_collator_static_shapes(synthetic_dir):
+    index = load_index(synthetic_dir, "train")
+    ds = DetectionDataset(index, RESIZE)
+    samples = [ds[i] for i in range(3)]
+    batch = Collator(RESIZE.mean, RESIZE.std, canvases=[(144, 144)], buckets=[2, 9], fill_to=4)(samples)
+    assert batch.pixel_values.shape == (4, 3, 144, 144) and batch.pixel_mask.shape == (4, 144, 144)
+    assert batch.labels.shape == (4, 9) and batch.boxes.shape == (4, 9, 4)
+    counts = [len(s.labels) for s in samples]
+    assert batch.valid.sum(1).tolist() == counts + [0]
+    assert batch.image_ids[-1] == -1 and batch.pixel_mask[-1].sum() == 0
+    for i, s in enumerate(samples):
+        h, w = s.image.shape[1:]
+        assert batch.pixel_mask[i].sum() == h * w
+        assert torch.equal(batch.boxes[i, : counts[i]], s.boxes)
+    dynamic = Collator(RESIZE.mean, RESIZE.std)(samples)
+    assert dynamic.labels.shape[1] == max(max(counts), 1)
+    assert tuple(dynamic.pixel_values.shape[2:]) == (max(s.image.shape[1] for s in samples),
+                                                      max(s.image.shape[2] for s in samples))
+
+
+def test_object_padding_changes_nothing_end_to_end(synthetic_dir):
+    """The same images through the model and criterion: targets padded to 12 slots or not."""
+    index = load_index(synthetic_dir, "train")
+    torch.manual_seed(0)
+    bundle = build_model("detr-tiny", index.categories.id2label)
+    module = DetrModule(bundle, index.categories, OptimConfig()).eval()
+    ds = DetectionDataset(index, bundle.resize)
+    samples = [ds[i] for i in range(4)]
+    tight = Collator(bundle.resize.mean, bundle.resize.std)(samples)
+    padded = Collator(bundle.resize.mean, bundle.resize.std, buckets=[12])(samples)
+    assert padded.labels.shape[1] == 12 > tight.labels.shape[1]
+    a, b = module.compute_loss(tight), module.compute_loss(padded)
+    for k in ("loss", "loss_ce", "loss_bbox", "loss_giou"):
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_auto_canvases_pad_fewer_pixels_than_the_square(synthetic_dir):
+    index = load_index(synthetic_dir, "train")
+    sizes = [RESIZE.output_size(r.height, r.width) for r in index.records]
+    assert len({h > w for h, w in sizes}) == 2  # the synthetic set mixes orientations
+    square = padded_pixel_fraction(sizes, [RESIZE.max_canvas])
+    auto = padded_pixel_fraction(sizes, [(96, 144), (144, 96)])
+    assert 0 <= auto < square
+
+
+def test_orientation_batches_cover_everything_once_and_never_mix():
+    portrait = [bool(i % 3 == 0) for i in range(23)]
+    sampler = OrientationBatchSampler(portrait, batch_size=4, shuffle=True, seed=1)
+    sampler.set_epoch(2)
+    batches = list(sampler)
+    seen = [i for b in batches for i, epoch in b]
+    assert sorted(seen) == list(range(23)) and all(e == 2 for b in batches for _, e in b)
+    assert all(len({portrait[i] for i, _ in b}) == 1 for b in batches)
+    sampler.set_epoch(3)
+    assert [i for b in sampler for i, _ in b] != seen  # a new order every epoch
+    dropped = OrientationBatchSampler(portrait, batch_size=4, shuffle=False, drop_last=True)
+    assert all(len(b) == 4 for b in dropped)
+
+
+def test_sharding_splits_one_global_order_evenly():
+    items = list(range(10))
+    shards = [_shard(items, r, 3) for r in range(3)]
+    assert [len(s) for s in shards] == [4, 4, 4]
+    assert sorted(set(sum(shards, []))) == items
+    assert len(EpochSampler(10, shuffle=False)) == 10  # one process: everything
+
+
+def run_train(synthetic_dir, out, *extra):
+    rc = main(["train", "--data-dir", str(synthetic_dir), "--model", "detr-tiny", "--batch-size", "4",
+               "--num-workers", "0", "--output-dir", str(out), "--max-inf-frames", "0", *extra])
+    assert rc == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def step_losses(out):
+    return [r["train_loss"] for r in csv.DictReader(open(out / "metrics.csv")) if r["train_loss"]]
+
+
+@pytest.mark.slow
+def test_compile_recompiles_at_most_k_plus_one(synthetic_dir, tmp_path):
+    k = 2
+    summary = run_train(synthetic_dir, tmp_path, "--max-epochs", "2", "--pad", "--num-buckets", str(k),
+                        "--compile")
+    assert len(summary["buckets"]) <= k
+    assert 1 <= summary["recompiles"] <= k + 1
+    assert np.isfinite([float(x) for x in step_losses(tmp_path)]).all()
+
+
+def test_pad_canvases_auto_reports_the_saving(synthetic_dir, tmp_path):
+    summary = run_train(synthetic_dir, tmp_path, "--max-steps", "3", "--pad", "--pad-canvases", "auto",
+                        "--num-buckets", "1", "--train-only")
+    assert summary["canvases"] == [[128, 192], [192, 128]]
+    assert summary["padded_pixel_fraction"] < summary["padded_pixel_fraction_square"]
+
+
+def test_deterministic_runs_are_bit_identical(synthetic_dir, tmp_path):
+    args = ["--max-epochs", "2", "--deterministic", "--pad", "--num-buckets", "1", "--train-only", "--seed", "5"]
+    run_train(synthetic_dir, tmp_path / "a", *args)
+    run_train(synthetic_dir, tmp_path / "b", *args)
+    assert step_losses(tmp_path / "a") == step_losses(tmp_path / "b")
+    wa = torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)["state_dict"]
+    wb = torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)["state_dict"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_autocast_trains_in_bf16_on_cpu(synthetic_dir, tmp_path):
+    run_train(synthetic_dir, tmp_path, "--max-steps", "3", "--autocast", "--train-only")
+    losses = [float(x) for x in step_losses(tmp_path)]
+    assert len(losses) == 3 and np.isfinite(losses).all()
+    config = (tmp_path / "config.yaml").read_text()
+    assert "autocast: true" in config
