@@ -231,7 +231,7 @@ def test_num_boxes_all_reduced(tmp_path):
     finally:
         torch.distributed.destroy_process_group()
     torch.testing.assert_close(got["loss"], expected["loss"])
-    assert np.isclose(float(criterion._num_boxes(valid)), 5.0)
+    assert np.isclose(float(criterion._normalisers(valid, valid, NUM_QUERIES)[0]), 5.0)
 
 
 def make_conditional_config() -> ConditionalDetrConfig:

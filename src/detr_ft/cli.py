@@ -175,6 +175,28 @@ def build_parser() -> Parser:
     demo = sub.add_parser("demo", help="synthetic data -> train -> eval -> predict, offline")
     demo.add_argument("--minutes", type=float, default=10.0, help="wall-time budget for the whole demo")
     add_common(demo)
+
+    bench = sub.add_parser("bench", help="throughput and start-up beside the stock transformers path")
+    bench.add_argument("--what", default="train,static,infer,startup,data",
+                       help="comma-separated subset of train,static,infer,startup,data")
+    bench.add_argument("--model", default="detr-tiny", help="detr-tiny, or detr-r50 (DETR-R50 architecture, "
+                                                            "random weights)")
+    bench.add_argument("--image-size", help="S (S x S) or HxW (default: 320 for detr-tiny, 512 for detr-r50)")
+    bench.add_argument("--batch-size", type=int, help="default: 16 for detr-tiny, 2 for detr-r50")
+    bench.add_argument("--steps", type=int, default=10, help="timed steps per side")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
+    bench.add_argument("--rounds", type=int, default=3, help="timed passes per side (data, startup, infer)")
+    bench.add_argument("--device", choices=DEVICES, default="auto")
+    bench.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, both sides")
+    bench.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                       help="torch.compile the network on both sides; CUDA graphs for the batch-1 latency")
+    bench.add_argument("--data-dir", help="a dataset in CPPE-5 layout (default: a synthetic one, --images big)")
+    bench.add_argument("--images", type=int, default=200, help="synthetic training images")
+    bench.add_argument("--workers", default="0,2", help="data-loading workers of the data benchmark")
+    bench.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+                       help="peak RSS of each side, in fresh processes")
+    bench.add_argument("--json", help="also write the records to this file")
+    add_common(bench)
     return parser
 
 
@@ -310,6 +332,8 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         cfg = train_config(args, sub)
         cfg.output_dir = str(out)
         summary = run_train(cfg)
+        if summary is None:  # another process of a multi-process run: rank 0 reports
+            return 0
         print_summary("train", out, {k: summary.get(k) for k in ("map", "map_50", "images_per_second", "epochs",
                                                                   "steps", "buckets")})
         return 0
@@ -337,6 +361,10 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             raise UserError(f"--minutes must be a positive number of minutes (got {args.minutes})")
         run_demo(out, minutes=args.minutes)
         return 0
+    if args.command == "bench":
+        from detr_ft.bench import config_from_args, run_bench_command
+
+        return run_bench_command(config_from_args(args), out, args.json)
     raise AssertionError(args.command)
 
 

@@ -88,9 +88,10 @@ class DetrModule(L.LightningModule):
             raise NonFiniteLossError(f"the training loss is {loss.item()} at {where}; lower --lr, check the data, "
                                      f"or pass --on-non-finite skip to skip such batches")
         bs = len(batch)
-        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
+        sync = self.trainer.world_size > 1  # log the mean over processes: the global batch's loss
+        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs, sync_dist=sync)
         self.log_dict({f"train_{k}": losses[k].detach() for k in LOSS_PARTS}, on_step=True, on_epoch=False,
-                      batch_size=bs)
+                      batch_size=bs, sync_dist=sync)
         return loss
 
     # -- validation -----------------------------------------------------------

@@ -93,9 +93,16 @@ def warm_start_bundle(cfg: TrainConfig, categories) -> ModelBundle:
     return ModelBundle(model, resize, family, pretrained=bool(info.get("pretrained")))
 
 
-def run_train(cfg: TrainConfig) -> dict:
-    """Fine-tune as ``cfg`` says; returns the summary also written to metrics.json."""
-    return fit(cfg)[2]
+def run_train(cfg: TrainConfig) -> dict | None:
+    """Fine-tune as ``cfg`` says; returns the summary also written to metrics.json
+    (None in the other processes of a multi-process run)."""
+    trainer, _, summary = fit(cfg)
+    return summary if trainer.is_global_zero else None
+
+
+def launched_as_rank_zero() -> bool:
+    """False in the worker processes that Lightning's DDP launcher starts (before any process group)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
 def fit(cfg: TrainConfig):
@@ -142,7 +149,10 @@ def fit(cfg: TrainConfig):
                         on_non_finite=cfg.on_non_finite)
 
     store = Path(cfg.ckpt_store_path).expanduser() if cfg.ckpt_store_path else out
-    callbacks: list[L.Callback] = [L.pytorch.callbacks.ModelCheckpoint(dirpath=out, save_last=True, save_top_k=0, enable_version_counter=False)]
+    # last.ckpt after every epoch (save_last=True with save_top_k=0 writes it only when training ends,
+    # so a crash would lose the whole run); each save replaces the previous one atomically
+    callbacks: list[L.Callback] = [L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=out, filename="last", save_top_k=1, enable_version_counter=False)]
     if cfg.ckpt_store_interval_epochs:
         callbacks.append(PeriodicCheckpoint(
             dirpath=store, filename="epoch{epoch:03d}", auto_insert_metric_name=False, save_top_k=-1,
@@ -174,8 +184,12 @@ def fit(cfg: TrainConfig):
         logger=loggers, callbacks=callbacks, log_every_n_steps=1, num_sanity_val_steps=0,
         limit_val_batches=0 if cfg.train_only else None, enable_model_summary=False,
         default_root_dir=out, plugins=[AtomicCheckpointIO()],
+        # trainable batch norm (random-init presets) sees the global batch on GPUs
+        sync_batchnorm=cfg.devices * cfg.num_nodes > 1 and not bundle.pretrained and cfg.device in ("cuda", "auto")
+        and torch.cuda.is_available(),
     )
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if launched_as_rank_zero():
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     started = time.perf_counter()
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume_from)

@@ -120,13 +120,13 @@ class SetCriterion(nn.Module):
             boxes,
             valid,
         )
-        num_boxes = self._num_boxes(valid)
+        num_boxes, ce_weight_sum = self._normalisers(valid, matched[0], logits.shape[1])
 
         losses: dict[str, Tensor] = {}
         total = 0.0
         for i, (layer_logits, layer_boxes) in enumerate(layers):
             parts = self._layer_losses(
-                layer_logits, layer_boxes, labels, boxes, valid, src_idx[i], matched[i], num_boxes
+                layer_logits, layer_boxes, labels, boxes, valid, src_idx[i], matched[i], num_boxes, ce_weight_sum
             )
             total = total + sum(parts[k] * w for k, w in self.weight_dict.items())
             suffix = "" if i == 0 else f"_{i - 1}"
@@ -143,6 +143,7 @@ class SetCriterion(nn.Module):
         src_idx: Tensor,
         matched: Tensor,
         num_boxes: Tensor,
+        ce_weight_sum: Tensor,
     ) -> dict[str, Tensor]:
         """Losses of one layer; src_idx / matched: [B, T] from the matcher."""
         logits = _upcast(logits)
@@ -158,7 +159,7 @@ class SetCriterion(nn.Module):
             torch.where(matched, src_idx, num_queries),
             torch.where(matched, labels, self.num_classes),
         )
-        loss_ce = self._loss_ce(logits, target_classes[:, :num_queries], num_boxes)
+        loss_ce = self._loss_ce(logits, target_classes[:, :num_queries], num_boxes, ce_weight_sum)
 
         # Boxes: gather the matched query's box for every slot; unmatched slots compare a
         # fixed finite box with itself (zero loss, zero and finite gradient).
@@ -178,9 +179,15 @@ class SetCriterion(nn.Module):
             "cardinality_error": self._cardinality_error(logits, valid),
         }
 
-    def _loss_ce(self, logits: Tensor, target_classes: Tensor, num_boxes: Tensor) -> Tensor:
-        """Weighted cross-entropy; logits [B, Q, C+1], target_classes [B, Q] (C = no-object)."""
-        return F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight.to(logits))
+    def _loss_ce(self, logits: Tensor, target_classes: Tensor, num_boxes: Tensor, ce_weight_sum: Tensor) -> Tensor:
+        """Weighted cross-entropy; logits [B, Q, C+1], target_classes [B, Q] (C = no-object).
+
+        The weighted sum over queries divided by the sum of the weights — transformers'
+        weighted mean in one process; under DDP the weight sum is averaged over processes
+        (like ``num_boxes``), so the averaged gradients equal one process's over the
+        global batch."""
+        ce = F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight.to(logits), reduction="sum")
+        return ce / ce_weight_sum
 
     @staticmethod
     @torch.no_grad()
@@ -189,14 +196,20 @@ class SetCriterion(nn.Module):
         num_pred = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1)
         return F.l1_loss(num_pred.float(), valid.sum(1).float())
 
-    @staticmethod
-    def _num_boxes(valid: Tensor) -> Tensor:
-        """Real boxes per process, averaged over processes, at least 1 (a 0-dim float tensor)."""
-        num_boxes = valid.sum().float()
+    def _normalisers(self, valid: Tensor, matched: Tensor, num_queries: int) -> tuple[Tensor, Tensor]:
+        """(num_boxes, ce_weight_sum), each averaged over processes in one all-reduce.
+
+        num_boxes: real boxes (at least 1). ce_weight_sum: the cross-entropy weights of
+        all queries' targets — 1 per matched query, eos_coef for every other one (every
+        decoder layer matches the same number of queries, so one value serves them all).
+        """
+        n_matched = matched.sum().float()
+        stats = torch.stack([valid.sum().float(),
+                             self.eos_coef * (num_queries * valid.shape[0] - n_matched) + n_matched])
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(num_boxes)
-            num_boxes = num_boxes / dist.get_world_size()
-        return num_boxes.clamp(min=1)
+            dist.all_reduce(stats)
+            stats = stats / dist.get_world_size()
+        return stats[0].clamp(min=1), stats[1]
 
 
 class FocalSetCriterion(SetCriterion):
@@ -224,7 +237,7 @@ class FocalSetCriterion(SetCriterion):
         matcher = FocalHungarianMatcher(config.class_cost, config.bbox_cost, config.giou_cost)
         return cls(config.num_labels, matcher, config.focal_alpha, _weight_dict(config), config.auxiliary_loss)
 
-    def _loss_ce(self, logits: Tensor, target_classes: Tensor, num_boxes: Tensor) -> Tensor:
+    def _loss_ce(self, logits: Tensor, target_classes: Tensor, num_boxes: Tensor, ce_weight_sum: Tensor) -> Tensor:
         """Sigmoid focal loss; logits [B, Q, C], target_classes [B, Q] (C = no object)."""
         onehot = F.one_hot(target_classes, self.num_classes + 1)[..., :-1].to(logits.dtype)
         return sigmoid_focal_loss(logits, onehot, num_boxes, alpha=self.focal_alpha, gamma=2) * logits.shape[1]

@@ -1,0 +1,109 @@
+"""Multi-process training: the criterion normalises over the global batch, and
+a 2-process CPU (gloo) run matches one process over the same global batch."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+
+from detr_ft.model.criterion import SetCriterion
+from detr_ft.model.matcher import HungarianMatcher
+
+QUERIES, CLASSES = 6, 3
+
+
+def make_inputs():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, QUERIES, CLASSES + 1, generator=g, dtype=torch.float64)
+    boxes = torch.rand(4, QUERIES, 4, generator=g, dtype=torch.float64) * 0.5 + 0.25
+    counts = [3, 1, 1, 0]  # uneven halves: 4 and 1 objects, so their cross-entropy weight sums differ
+    T = max(counts)
+    labels = torch.zeros(4, T, dtype=torch.long)
+    tboxes = torch.full((4, T, 4), 0.5, dtype=torch.float64)
+    valid = torch.zeros(4, T, dtype=torch.bool)
+    for i, n in enumerate(counts):
+        labels[i, :n] = torch.randint(0, CLASSES, (n,), generator=g)
+        tboxes[i, :n] = torch.rand(n, 4, generator=g, dtype=torch.float64) * 0.3 + 0.2
+        valid[i, :n] = True
+    return logits, boxes, labels, tboxes, valid
+
+
+def criterion():
+    return SetCriterion(CLASSES, HungarianMatcher(1.0, 5.0, 2.0), eos_coef=0.1, aux_loss=False)
+
+
+def grads(logits, boxes, labels, tboxes, valid):
+    logits = logits.clone().requires_grad_()
+    boxes = boxes.clone().requires_grad_()
+    loss = criterion().double()(logits, boxes, labels, tboxes, valid)["loss"]
+    loss.backward()
+    return loss.detach(), logits.grad, boxes.grad
+
+
+def _worker(rank, world, store, out):
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        tensors = make_inputs()
+        half = [t[2 * rank: 2 * rank + 2] for t in tensors]
+        loss, g_logits, g_boxes = grads(*half)
+        # DDP averages gradients over processes; the loss we log is the mean too
+        dist.all_reduce(loss)
+        torch.save({"loss": loss / world, "g_logits": g_logits, "g_boxes": g_boxes}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_criterion_under_ddp_equals_one_process_over_the_global_batch(tmp_path):
+    mp.start_processes(_worker, args=(2, tmp_path / "store", tmp_path / "out"), nprocs=2, start_method="spawn")
+    parts = [torch.load(f"{tmp_path / 'out'}.{r}") for r in range(2)]
+    loss, g_logits, g_boxes = grads(*make_inputs())
+    torch.testing.assert_close(parts[0]["loss"], loss, rtol=0, atol=1e-10)
+    # DDP's averaged gradient of the shared parameters is the mean of the processes' gradients; on these
+    # per-image outputs that means each half's gradient / world_size equals the single-process one.
+    torch.testing.assert_close(torch.cat([p["g_logits"] for p in parts]) / 2, g_logits, rtol=0, atol=1e-10)
+    torch.testing.assert_close(torch.cat([p["g_boxes"] for p in parts]) / 2, g_boxes, rtol=0, atol=1e-10)
+
+
+def frozen_bn_model_dir(path):
+    """A tiny DETR in Hugging Face format (frozen batch norm, like a pretrained checkpoint), so that
+    per-process batch statistics play no part and one process equals two exactly."""
+    backbone = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1],
+                            layer_type="basic", out_features=["stage4"])
+    torch.manual_seed(0)
+    DetrForObjectDetection(DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False,
+                                      backbone_config=backbone, d_model=32, encoder_layers=1, decoder_layers=1,
+                                      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                                      decoder_ffn_dim=64, num_queries=8, dropout=0.0, num_labels=5)
+                           ).save_pretrained(path)
+    return path
+
+
+def first_loss(out):
+    rows = [r for r in csv.DictReader(open(out / "metrics.csv")) if r["train_loss"]]
+    return float(rows[0]["train_loss"])
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_match_one(synthetic_dir, tmp_path):
+    model = frozen_bn_model_dir(tmp_path / "model")
+    common = [sys.executable, "-m", "detr_ft", "train", "--data-dir", str(synthetic_dir), "--model", str(model),
+              "--device", "cpu", "--max-steps", "2", "--pad", "--num-buckets", "1", "--num-workers", "0",
+              "--train-only", "--seed", "3", "--hflip", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([*common, "--batch-size", "4", "--output-dir", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([*common, "--batch-size", "2", "--devices", "2", "--strategy", "ddp",
+                          "--output-dir", str(tmp_path / "two")], capture_output=True, text=True, timeout=300, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    summary = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 2
+    assert two.stdout.count("detr-ft train: outputs in") == 1  # only rank 0 reports
+    assert abs(first_loss(tmp_path / "two") - first_loss(tmp_path / "one")) < 1e-4
