@@ -92,12 +92,21 @@ def test_missing_data_dir_and_split(tmp_path):
         load_index(tmp_path, "test")
 
 
-def test_index_does_not_decode_images(tmp_path):
-    images = [{"id": 1, "file_name": "sub/a.jpg", "width": 40, "height": 30}]
+def test_index_checks_png_and_jpeg_files_without_decoding_them(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    images = [{"id": 1, "file_name": "sub/a.jpg", "width": 40, "height": 30},
+              {"id": 2, "file_name": "b.png", "width": 40, "height": 30}]
     root = write_dataset(tmp_path, images, [], CATS)
+
+    def no_decoding(self):
+        raise AssertionError("the index decoded an image")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    index = load_index(root, "train")  # headers and completeness only
+    assert [r.file_name for r in index.records] == ["sub/a.jpg", "b.png"]
+    monkeypatch.undo()
     (root / "images" / "sub" / "a.jpg").write_bytes(b"not an image at all")
-    index = load_index(root, "train")  # building the index never opens the file
-    assert index.records[0].file_name == "sub/a.jpg"
     with pytest.raises(UserError, match="not a readable image"):
         load_image(index.image_path(index.records[0]))
 

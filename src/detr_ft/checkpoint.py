@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -49,27 +50,48 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint with ``weights_only=True``: plain tensors and containers only.
+    """Read a checkpoint with ``weights_only=True``: tensors and plain containers only.
 
-    Anything that would need arbitrary unpickling (code) is refused, as are
-    truncated or corrupt files; each with a ``UserError``.
+    Anything whose unpickling would import a function or class (code) is refused
+    before it runs; truncated or corrupt files too (the zip entries' CRC32 is
+    checked first, since ``torch.load`` itself does not notice flipped bytes in
+    tensor data). Each with a one-line ``UserError``.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; pass --ckpt-path with a file written by 'detr-ft train'")
+    corrupt = (f"checkpoint {path} is truncated or corrupt ({{}}); "
+               f"use another checkpoint (e.g. an earlier periodic one)")
     try:
+        if path.stat().st_size == 0:
+            raise UserError(corrupt.format("empty file"))
+        if not zipfile.is_zipfile(path):  # what torch.save writes; a truncated one has no directory
+            raise UserError(corrupt.format("not a complete PyTorch zip archive"))
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+        if bad is not None:
+            raise UserError(corrupt.format(f"CRC mismatch in {bad}"))
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except UserError:
+        raise
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
-        raise UserError(f"checkpoint {path} was refused: it holds objects other than tensors and plain "
-                        f"data ({first[:160]}); only load checkpoints you trust") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} is truncated or corrupt ({msg[:160]}); "
-                        f"use another checkpoint (e.g. an earlier periodic one)") from None
+        code = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if code is None:
+            raise UserError(corrupt.format(_first_line(e))) from None
+        raise UserError(f"checkpoint {path} was refused: loading it would import {code.group(1)}, which a "
+                        f"detr-ft checkpoint never needs (weights_only); only load checkpoints you trust") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, UnicodeDecodeError, KeyError) as e:
+        raise UserError(corrupt.format(_first_line(e))) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"checkpoint {path} is not a Lightning checkpoint (no state_dict)")
     return ckpt
+
+
+def _first_line(e: BaseException) -> str:
+    """The informative line of an exception message (torch's weights_only errors start with boilerplate)."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(boilerplate)]
+    return lines[0][:160] if lines else type(e).__name__
 
 
 def model_from_checkpoint(path: Path):
@@ -82,7 +104,9 @@ def model_from_checkpoint(path: Path):
     info = ckpt.get("detr_ft")
     if not isinstance(info, dict):
         raise UserError(f"checkpoint {path} was not written by detr-ft train (no model description in it)")
-    cfg = dict(info["model_config"])
+    from detr_ft.export import portable_config
+
+    cfg = portable_config(dict(info["model_config"]))  # written by transformers 4.x or 5.x, read by either
     config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
     model = model_from_config(config)
     if info.get("trainable_batch_norm"):

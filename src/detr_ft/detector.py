@@ -1,13 +1,23 @@
 """Inference API: ``Detector.load(path).predict(images)``.
 
 ``path`` is a detr-ft checkpoint (``.ckpt``) or a Hugging Face model directory
-(e.g. from ``detr-ft export``). Images are PIL images or file paths.
+(from ``detr-ft export``, or any DETR-family object-detection directory).
+Images are PIL images, numpy arrays (H, W, 3) or file paths. Preprocessing and
+post-processing are detr-ft's own and give what transformers'
+``pipeline("object-detection")`` gives on the exported directory::
+
+    from detr_ft import Detector
+
+    detector = Detector.load("runs/train/last.ckpt")       # or an export directory
+    for det in detector.predict("photo.jpg", threshold=0.5):
+        print(det["label"], det["score"], det["box"])       # box: [x0, y0, x1, y1] pixels
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -29,6 +39,8 @@ def pick_device(device: str = "auto") -> torch.device:
         return torch.device("cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+    if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UserError("--device mps: Apple MPS is not available here; use --device cpu or auto")
     if device == "hpu":
         try:
             import habana_frameworks.torch.core  # noqa: F401
@@ -55,15 +67,22 @@ class Detector:
 
     @classmethod
     def load(cls, path, device: str = "auto", canvas: tuple[int, int] | None = None) -> "Detector":
+        """A detector from a detr-ft checkpoint file or a Hugging Face model directory.
+
+        device: auto (CUDA, then MPS, then CPU), cpu, cuda, hpu or mps.
+        canvas: a fixed (H, W) to pad every batch to (static shapes), or None.
+        """
         path = Path(path).expanduser()
         if path.is_dir():
             from detr_ft.export import load_export
 
             model, resize_spec, categories = load_export(path)
-        else:
+        elif path.is_file():
             from detr_ft.checkpoint import model_from_checkpoint
 
             model, resize_spec, categories, _ = model_from_checkpoint(path)
+        else:
+            raise UserError(f"{path}: no such checkpoint file or model directory")
         return cls(model, resize_spec, categories, device=device, canvas=canvas)
 
     def sample(self, image: Image.Image, image_id: int = 0) -> Sample:
@@ -78,19 +97,41 @@ class Detector:
         out = detection_outputs(self.model, batch.pixel_values, batch.pixel_mask, with_aux=False)
         return postprocess(out.logits, out.boxes, batch.orig_sizes, self.categories, threshold)
 
-    def predict(self, images, threshold: float = 0.5, batch_size: int = 8) -> list[list[dict]]:
-        """Detections per image: dicts with ``label`` (name), ``category_id``, ``score``,
-        ``box`` [x0, y0, x1, y1] in pixels of the image."""
-        if isinstance(images, (str, Path, Image.Image)):
-            images = [images]
+    def predict(self, images, threshold: float = 0.5, batch_size: int = 8) -> list:
+        """Detect objects.
+
+        images: one image or a list of them; each a PIL image, a numpy array
+        [H, W, 3] (uint8, RGB) or a file path (EXIF orientation applied).
+        Returns, per image, the detections above ``threshold`` by descending
+        score: dicts with ``label`` (class name), ``category_id`` (the dataset's
+        id), ``score`` and ``box`` [x0, y0, x1, y1] in pixels of the image. As
+        transformers' pipeline: one image gives one list, a list gives a list of lists.
+        """
+        if not 0.0 <= threshold <= 1.0:
+            raise UserError(f"threshold must be between 0 and 1 (got {threshold})")
+        if batch_size < 1:
+            raise UserError(f"batch_size must be at least 1 (got {batch_size})")
+        single = not isinstance(images, (list, tuple))
+        images = [images] if single else list(images)
         results = []
         for start in range(0, len(images), batch_size):
-            chunk = [load_image(Path(im)) if not isinstance(im, Image.Image) else im
-                     for im in images[start:start + batch_size]]
+            chunk = [as_image(im) for im in images[start:start + batch_size]]
             for dets in self.detect_samples([self.sample(im) for im in chunk], threshold):
                 results.append([
                     {"label": self.categories.names[lab], "category_id": cid, "score": s, "box": box}
                     for lab, cid, s, box in zip(dets.labels.tolist(), dets.category_ids.tolist(),
                                                 dets.scores.tolist(), dets.boxes.tolist())
                 ])
-        return results
+        return results[0] if single else results
+
+
+def as_image(image) -> Image.Image:
+    """A PIL image from a PIL image, a numpy array [H, W, 3] / [H, W] or a file path."""
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, (str, Path)):
+        return load_image(Path(image).expanduser())
+    if isinstance(image, np.ndarray) and image.ndim in (2, 3):
+        return Image.fromarray(image if image.dtype == np.uint8 else image.clip(0, 255).astype(np.uint8))
+    raise UserError(f"predict: cannot read an image from a {type(image).__name__}; pass a PIL image, "
+                    f"a numpy array [H, W, 3] or a file path")

@@ -144,14 +144,18 @@ class DetrModule(L.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = self.optim.warmup_steps
         cosine = self.optim.schedule == "cosine"
+        # --max-minutes: the cosine also follows the time budget, and ends with whichever runs out first
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, L.pytorch.callbacks.Timer)), None)
 
         def factor(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
             if not cosine:
                 return 1.0
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
+            progress = (step - warmup) / max(1, total - warmup)
+            if timer is not None and timer.time_remaining() is not None:
+                progress = max(progress, timer.time_elapsed() / (timer.time_elapsed() + timer.time_remaining()))
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -199,6 +203,11 @@ class DetectionData(L.LightningDataModule):
             return DataLoader(dataset, batch_sampler=sampler, **common)
         sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=self.seed)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last, **common)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        if isinstance(batch, Batch):  # pinned in the loader on CUDA: the copy does not block
+            return batch.to(device, non_blocking=device.type == "cuda")
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def train_dataloader(self) -> DataLoader:
         drop_last = self.drop_last and len(self.train_set) >= self.batch_size

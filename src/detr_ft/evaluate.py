@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from detr_ft.data.coco import load_index
+from detr_ft.data.hf_dataset import read_split
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.detector import Detector
 from detr_ft.metrics import coco_metrics, format_table, ground_truth
@@ -20,10 +20,11 @@ MAX_DETECTIONS = 100
 
 
 def run_eval(ckpt_path: str, data_dir: str, out_dir: Path, split: str = "test", batch_size: int = 8,
-             num_workers: int = 0, device: str = "auto", on_bad_data: str = "error") -> dict:
+             num_workers: int = 0, device: str = "auto", on_bad_data: str = "error",
+             hf_dataset: str | None = None) -> dict:
     """Evaluate; writes metrics.json, detections.json and per_class_ap.png into ``out_dir``."""
     detector = Detector.load(ckpt_path, device=device)
-    index = load_index(Path(data_dir).expanduser(), split, on_bad_data, categories=detector.categories)
+    index = read_split(data_dir, split, on_bad_data, categories=detector.categories, hf_dataset=hf_dataset)
     loader = DataLoader(DetectionDataset(index, detector.resize), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=detector.collator)
     results: list[dict] = []

@@ -1,14 +1,28 @@
 """``detr-ft export``: a checkpoint -> a Hugging Face model directory.
 
-The directory holds safetensors weights, a config whose ``id2label`` carries
-the dataset's class names (and ``category_ids`` the original COCO ids), and
-the image processor config with detr-ft's resize and normalisation, so that
-``AutoModelForObjectDetection.from_pretrained(DIR)`` and
-``pipeline("object-detection", model=DIR)`` load and run it.
+The directory holds ``model.safetensors``, a ``config.json`` whose
+``id2label``/``label2id`` carry the dataset's class names (and
+``category_ids`` the original COCO ids), the image processor config with
+detr-ft's resize and normalisation, and a short model card (``README.md``).
+``AutoModelForObjectDetection.from_pretrained(DIR)``,
+``pipeline("object-detection", model=DIR)`` and ``detr-ft train --model DIR``
+load it, on transformers 4.57 and 5.x alike, whichever of the two wrote it.
+
+Two details make that so:
+
+- weights: a randomly initialised preset trains its backbone batch norms
+  (``nn.BatchNorm2d``), which carry a ``num_batches_tracked`` counter that the
+  family's own (frozen) batch norm does not have; only the keys the family's
+  model has are written, so loading reports no unexpected or missing keys.
+- config: transformers 5 leaves out ``use_timm_backbone``/``backbone`` (whose
+  4.x defaults, timm's resnet50, contradict the saved ``backbone_config``) and
+  4.x writes ``dilation: null`` (which 5.x refuses); both are written out
+  explicitly (``portable_config``).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from detr_ft.checkpoint import model_from_checkpoint
@@ -16,43 +30,133 @@ from detr_ft.data.coco import Categories
 from detr_ft.data.transforms import ResizeSpec
 from detr_ft.errors import UserError
 
+WEIGHTS_NAME = "model.safetensors"
 
-def image_processor_for(family: str, resize: ResizeSpec):
-    """The family's transformers image processor, configured like detr-ft's pipeline."""
-    from transformers import AutoImageProcessor, AutoConfig  # noqa: F401
 
-    kwargs = dict(size={"shortest_edge": resize.shortest, "longest_edge": resize.longest},
-                  image_mean=list(resize.mean), image_std=list(resize.std), do_pad=True)
-    if family == "conditional_detr":
-        from transformers import ConditionalDetrImageProcessor as Proc
-    else:
-        from transformers import DetrImageProcessor as Proc
-    return Proc(**kwargs)
+def image_processor_for(model, resize: ResizeSpec):
+    """The model family's transformers image processor, configured like detr-ft's preprocessing.
+
+    The class is named after the model's (``DetrForObjectDetection`` ->
+    ``DetrImageProcessor``). Without torchvision, transformers 5 builds its
+    PIL-backed variant (``DetrImageProcessorPil``) directly, as its
+    ``AutoImageProcessor`` does; the saved ``image_processor_type`` is the
+    family's base name either way, so any transformers version loads it.
+    """
+    import transformers
+    from transformers.utils import is_torchvision_available
+
+    base = type(model).__name__.replace("ForObjectDetection", "") + "ImageProcessor"
+    cls = getattr(transformers, base + "Pil", None) if not is_torchvision_available() else None
+    cls = cls or getattr(transformers, base, None)
+    if cls is None:
+        raise UserError(f"export: transformers {transformers.__version__} has no image processor {base} "
+                        f"for {type(model).__name__}")
+    return cls(size={"shortest_edge": resize.shortest, "longest_edge": resize.longest},
+               image_mean=list(resize.mean), image_std=list(resize.std), do_resize=True, do_rescale=True,
+               do_normalize=True, do_pad=True)
+
+
+def exportable_state_dict(model) -> dict:
+    """The model's weights restricted to the keys its family's own model has.
+
+    Drops the ``num_batches_tracked`` counters of batch norms detr-ft made
+    trainable; raises if the family's model would miss a weight.
+    """
+    import torch
+    from transformers import AutoModelForObjectDetection
+
+    with torch.device("meta"):
+        reference = set(AutoModelForObjectDetection.from_config(model.config).state_dict())
+    state = model.state_dict()
+    missing = sorted(reference - set(state))
+    if missing:
+        raise RuntimeError(f"export: the model lacks {len(missing)} weights of its family, e.g. {missing[0]}")
+    return {k: v for k, v in state.items() if k in reference}
+
+
+def portable_config(config: dict) -> dict:
+    """A ``config.json`` dict that transformers 4.57 and 5.x both load (see the module docstring)."""
+    config = dict(config)
+    if isinstance(config.get("backbone_config"), dict):
+        config.setdefault("use_timm_backbone", False)
+        config.setdefault("use_pretrained_backbone", False)
+        config.setdefault("backbone", None)
+    if "backbone_kwargs" in config and config["backbone_kwargs"] is None:
+        del config["backbone_kwargs"]
+    if "dilation" in config and config["dilation"] is None:
+        config["dilation"] = False
+    return config
+
+
+def model_card(categories: Categories, family: str, resize: ResizeSpec) -> str:
+    rows = "\n".join(f"| {i} | {cid} | {name} |" for i, (cid, name) in enumerate(zip(categories.ids, categories.names)))
+    return f"""---
+library_name: transformers
+pipeline_tag: object-detection
+tags: [object-detection, detr-ft, {family}]
+---
+# Object detector fine-tuned with detr-ft
+
+A `{family}` model. Images are resized to a short side of {resize.shortest} px
+(long side at most {resize.longest} px) and normalised with mean {list(resize.mean)},
+std {list(resize.std)} (see `preprocessor_config.json`).
+
+```python
+from transformers import pipeline
+detector = pipeline("object-detection", model="PATH_OR_HUB_ID")
+detector("image.jpg", threshold=0.5)
+```
+
+or `from detr_ft import Detector; Detector.load("PATH").predict(["image.jpg"])`.
+
+| label | COCO category id | name |
+|---|---|---|
+{rows}
+"""
 
 
 def export(ckpt_path: str, out_dir: Path) -> Path:
+    """Write the Hugging Face model directory of a detr-ft checkpoint into ``out_dir``."""
     model, resize, categories, family = model_from_checkpoint(Path(ckpt_path).expanduser())
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: is a file; choose a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
         raise UserError(f"--out {out_dir}: folder exists and is not a model directory; choose an empty folder")
     model.config.id2label = categories.id2label
     model.config.label2id = {n: i for i, n in categories.id2label.items()}
     model.config.category_ids = list(categories.ids)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    image_processor_for(family, resize).save_pretrained(out_dir)
+    processor = image_processor_for(model, resize)  # before writing anything: fails early
+    model.save_pretrained(out_dir, state_dict=exportable_state_dict(model))
+    config_path = out_dir / "config.json"
+    config_path.write_text(json.dumps(portable_config(json.loads(config_path.read_text())), indent=2,
+                                      sort_keys=True) + "\n")
+    processor.save_pretrained(out_dir)
+    (out_dir / "README.md").write_text(model_card(categories, family, resize))
     return out_dir
 
 
 def load_export(path: Path):
-    """(model, resize, categories) from a Hugging Face model directory."""
+    """(model, resize, categories) from a Hugging Face model directory, in eval mode.
+
+    Works for any DETR-family directory; class names come from ``id2label`` and
+    COCO ids from ``category_ids`` where detr-ft wrote them (else 0..C-1).
+    """
     from transformers import AutoModelForObjectDetection
 
     from detr_ft.model.build import resize_from_processor
 
-    if not (Path(path) / "config.json").is_file():
-        raise UserError(f"{path}: not a Hugging Face model directory (no config.json)")
-    model = AutoModelForObjectDetection.from_pretrained(str(path))
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: not a Hugging Face model directory (no config.json); pass a detr-ft "
+                        f"checkpoint (.ckpt) or a folder written by 'detr-ft export'")
+    try:
+        model = AutoModelForObjectDetection.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot load this model directory ({str(e).splitlines()[0]})") from None
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     ids = getattr(model.config, "category_ids", None) or sorted(id2label)
+    if len(ids) != len(id2label):
+        raise UserError(f"{path}/config.json: category_ids has {len(ids)} entries for {len(id2label)} labels")
     categories = Categories(tuple(int(i) for i in ids), tuple(id2label[i] for i in sorted(id2label)))
     return model.eval(), resize_from_processor(str(path), {}), categories

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from detr_ft.data.coco import load_index
+from detr_ft.data.hf_dataset import read_split
 from detr_ft.data.transforms import load_image
 from detr_ft.detector import Detector
 from detr_ft.draw import draw_boxes, side_by_side
@@ -35,8 +36,9 @@ def collect_images(paths: list[str]) -> list[Path]:
 
 def run_predict(ckpt_path: str, out_dir: Path, images: list[str] | None = None, data_dir: str | None = None,
                 split: str = "test", threshold: float = 0.5, max_inf_frames: int = 0, batch_size: int = 8,
-                device: str = "auto", pad: bool = False, detector: Detector | None = None) -> dict:
-    """Run the detector over images or a dataset split; returns a summary."""
+                device: str = "auto", pad: bool = False, detector: Detector | None = None,
+                hf_dataset: str | None = None) -> dict:
+    """Run the detector over images or a dataset split (``data_dir``, or ``hf_dataset``); returns a summary."""
     if not 0.0 <= threshold <= 1.0:
         raise UserError(f"--threshold must be between 0 and 1 (got {threshold})")
     if batch_size < 1:
@@ -46,31 +48,32 @@ def run_predict(ckpt_path: str, out_dir: Path, images: list[str] | None = None, 
         detector.use_canvas(detector.resize.max_canvas)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    # (path, image_id, ground truth (boxes xyxy, labels) or None)
-    items: list[tuple[Path, int, tuple | None]] = []
+    # (path, image_id, ground truth (boxes xyxy, labels) or None, image loader)
+    items: list[tuple] = []
     if images:
-        items = [(p, i + 1, None) for i, p in enumerate(collect_images(images))]
+        items = [(p, i + 1, None, partial(load_image, p)) for i, p in enumerate(collect_images(images))]
     else:
-        index = load_index(Path(data_dir).expanduser(), split, categories=detector.categories)
+        index = read_split(data_dir, split, categories=detector.categories, hf_dataset=hf_dataset)
         for r in index.records:
             xyxy = np.concatenate([r.boxes[:, :2], r.boxes[:, :2] + r.boxes[:, 2:]], axis=1)
-            items.append((index.image_path(r), r.image_id, (xyxy, r.labels)))
+            items.append((index.image_path(r), r.image_id, (xyxy, r.labels), partial(index.load_image, r)))
     if max_inf_frames:
         items = items[:max_inf_frames]
     results, written = [], []
     names = detector.categories.names
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        pil = [load_image(p) for p, _, _ in chunk]
-        dets = detector.detect_samples([detector.sample(im, iid) for im, (_, iid, _) in zip(pil, chunk)], threshold)
-        for im, (path, image_id, gt), d in zip(pil, chunk, dets):
+        pil = [load() for *_, load in chunk]
+        dets = detector.detect_samples([detector.sample(im, item[1]) for im, item in zip(pil, chunk)], threshold)
+        for im, (path, image_id, gt, _), d in zip(pil, chunk, dets):
             records = to_coco_results(d, image_id)
             for r in records:
                 r["file_name"] = str(path)
             results += records
             pred = draw_boxes(im, d.boxes.tolist(), d.labels.tolist(), names, d.scores.tolist())
             if gt is not None:
-                pred = side_by_side(draw_boxes(im, gt[0].tolist(), gt[1].tolist(), names), pred)
+                titles = (f"ground truth: {len(gt[1])}", f"prediction: {len(d.scores)} with score > {threshold:g}")
+                pred = side_by_side(draw_boxes(im, gt[0].tolist(), gt[1].tolist(), names), pred, titles)
             target = out_dir / "images" / f"{image_id:06d}_{path.stem}.jpg"
             pred.save(target, quality=90)
             written.append(str(target))

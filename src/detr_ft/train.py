@@ -17,6 +17,7 @@ from detr_ft.config import TrainConfig
 from detr_ft.data.batching import Collator, compute_buckets, padded_pixel_fraction
 from detr_ft.data.hf_dataset import read_split
 from detr_ft.engine import DetectionData, DetrModule, NonFiniteLossError, OptimConfig, Throughput
+from detr_ft.devices import trainer_device
 from detr_ft.errors import UserError
 from detr_ft.metrics import METRIC_NAMES, ground_truth
 from detr_ft.model.build import ModelBundle, build_model, set_backbone_trainable
@@ -32,22 +33,6 @@ class PeriodicCheckpoint(L.pytorch.callbacks.ModelCheckpoint):
     @property
     def state_key(self) -> str:
         return "periodic-" + super().state_key
-
-
-def accelerator_for(device: str) -> str:
-    """--device -> a Lightning accelerator, with a clear error where it is not available."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is visible; use --device cpu or auto")
-    if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise UserError("--device mps: Apple MPS is not available here; use --device cpu or auto")
-    if device == "hpu":
-        try:
-            from lightning_habana.pytorch.accelerator import HPUAccelerator
-        except ImportError:
-            raise UserError("--device hpu needs lightning-habana: pip install 'detr-ft[hpu]' "
-                            "(inside a Gaudi software container)") from None
-        return HPUAccelerator()
-    return device
 
 
 def newest_checkpoint(out_dir: Path) -> Path | None:
@@ -105,8 +90,8 @@ def launched_as_rank_zero() -> bool:
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
-def fit(cfg: TrainConfig):
-    """Fine-tune; returns (trainer, module, summary)."""
+def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
+    """Fine-tune; returns (trainer, module, summary). ``extra_callbacks`` join the Trainer's (e.g. the demo's timeline)."""
     cfg.validate()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,7 +123,7 @@ def fit(cfg: TrainConfig):
     if cfg.compile:
         torch._dynamo.reset()
         bundle.model.model.compile(dynamic=False)
-    accelerator = accelerator_for(cfg.device)
+    device = trainer_device(cfg.device, cfg.devices, cfg.num_nodes, cfg.strategy, cfg.autocast)
     data = DetectionData(train_index, val_index, bundle.resize, cfg.batch_size,
                          0 if cfg.deterministic else cfg.num_workers, collator, val_collator, seed=cfg.seed,
                          shuffle=True, drop_last=cfg.pad, pin_memory=torch.cuda.is_available(), hflip=cfg.hflip,
@@ -158,7 +143,7 @@ def fit(cfg: TrainConfig):
             dirpath=store, filename="epoch{epoch:03d}", auto_insert_metric_name=False, save_top_k=-1,
             every_n_epochs=cfg.ckpt_store_interval_epochs, enable_version_counter=False))
     throughput = Throughput()
-    callbacks += [throughput, StepSeed(cfg.seed)]
+    callbacks += [throughput, StepSeed(cfg.seed), *extra_callbacks]
     resume_from = keep_until = None
     if cfg.resume:
         resume_from = newest_checkpoint(out)
@@ -175,15 +160,15 @@ def fit(cfg: TrainConfig):
             raise UserError("--logger tensorboard needs TensorBoard: pip install tensorboard (or use --logger csv)")
         loggers.append(L.pytorch.loggers.TensorBoardLogger(out, name="tensorboard", version=""))
     trainer = L.Trainer(
-        accelerator=accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
-        precision="bf16-mixed" if cfg.autocast else "32-true",
+        accelerator=device.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=device.strategy,
+        precision=device.precision,
         max_epochs=cfg.max_epochs if cfg.max_epochs > 0 else -1, max_steps=cfg.max_steps,
         max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
         gradient_clip_val=cfg.grad_clip or None, deterministic="warn" if cfg.deterministic else None,
         use_distributed_sampler=False,  # detr-ft's samplers shard themselves (data/sampling.py)
         logger=loggers, callbacks=callbacks, log_every_n_steps=1, num_sanity_val_steps=0,
         limit_val_batches=0 if cfg.train_only else None, enable_model_summary=False,
-        default_root_dir=out, plugins=[AtomicCheckpointIO()],
+        default_root_dir=out, plugins=[AtomicCheckpointIO(), *device.plugins],
         # trainable batch norm (random-init presets) sees the global batch on GPUs
         sync_batchnorm=cfg.devices * cfg.num_nodes > 1 and not bundle.pretrained and cfg.device in ("cuda", "auto")
         and torch.cuda.is_available(),

@@ -34,11 +34,11 @@ class ModelBundle:
     pretrained: bool
 
 
-def _tiny_resnet(hidden_sizes=(32, 64, 128, 256)):
+def _tiny_resnet(hidden_sizes=(32, 64, 128, 256), out_features=("stage4",)):
     from transformers import ResNetConfig
 
     return ResNetConfig(embedding_size=32, hidden_sizes=list(hidden_sizes), depths=[1, 1, 1, 1],
-                        layer_type="basic", out_features=["stage4"])
+                        layer_type="basic", out_features=list(out_features))
 
 
 def _detr_tiny_config(num_labels: int):
@@ -52,9 +52,43 @@ def _detr_tiny_config(num_labels: int):
     )
 
 
+def _conditional_detr_tiny_config(num_labels: int):
+    """Conditional DETR (sigmoid focal loss, conditional cross-attention) on stride-8 features."""
+    from transformers import ConditionalDetrConfig
+
+    return ConditionalDetrConfig(
+        use_timm_backbone=False, use_pretrained_backbone=False, backbone=None,
+        backbone_config=_tiny_resnet((32, 64, 128, 256), out_features=("stage2",)),
+        d_model=128, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=256, decoder_ffn_dim=256, num_queries=30, dropout=0.0, auxiliary_loss=True,
+        num_labels=num_labels,
+    )
+
+
+def _rtdetr_tiny_config(num_labels: int):
+    """RT-DETR: a basic-block ResNet (strides 8, 16, 32), hybrid encoder, 3 decoder layers.
+
+    Trainable batch norms (random init), PyTorch deformable attention (no custom kernels).
+    """
+    from transformers import RTDetrConfig, RTDetrResNetConfig
+
+    channels = [32, 64, 128, 192]
+    backbone = RTDetrResNetConfig(embedding_size=32, hidden_sizes=channels, depths=[1, 1, 1, 1], layer_type="basic",
+                                  out_features=["stage2", "stage3", "stage4"])
+    return RTDetrConfig(
+        backbone_config=backbone, use_pretrained_backbone=False, freeze_backbone_batch_norms=False,
+        disable_custom_kernels=True, encoder_in_channels=channels[1:], feat_strides=[8, 16, 32],
+        encoder_hidden_dim=128, encoder_layers=1, encoder_ffn_dim=256, encoder_attention_heads=4,
+        d_model=128, decoder_in_channels=[128, 128, 128], decoder_layers=3, decoder_ffn_dim=256,
+        decoder_attention_heads=4, num_queries=30, num_denoising=30, num_labels=num_labels,
+    )
+
+
 # name -> (config factory, resize). Small, randomly initialised, CPU-trainable.
 PRESETS = {
     "detr-tiny": (_detr_tiny_config, ResizeSpec(shortest=128, longest=192)),
+    "conditional-detr-tiny": (_conditional_detr_tiny_config, ResizeSpec(shortest=96, longest=160)),
+    "rtdetr-tiny": (_rtdetr_tiny_config, ResizeSpec(shortest=96, longest=160)),
 }
 
 
@@ -100,6 +134,10 @@ def build_model(name: str, id2label: dict[int, str], revision: str | None = None
         kw = {k: v for k, v in kw.items() if v}
     try:
         model = AutoModelForObjectDetection.from_pretrained(source, **kwargs, **kw)
+    except ImportError as e:  # e.g. a timm backbone (microsoft/conditional-detr-resnet-50) without timm
+        package = "timm" if "timm" in str(e).lower() else (e.name or "the package it names")
+        raise UserError(f"--model {name}: this model needs {package}, which is not installed; "
+                        f"pip install {package}") from None
     except (OSError, ValueError) as e:
         if local.is_dir():
             raise UserError(f"--model {name}: cannot load this directory ({str(e).splitlines()[0]})") from None
@@ -108,6 +146,7 @@ def build_model(name: str, id2label: dict[int, str], revision: str | None = None
             f"--model detr-tiny for an offline preset, or --model DIR with a local Hugging Face model directory"
         ) from None
     set_backbone_trainable(model, pretrained=True)
+    model.train()  # from_pretrained returns eval mode, which would train with dropout off
     return ModelBundle(model, resize_from_processor(source, kw), model.config.model_type, pretrained=True)
 
 

@@ -1,31 +1,72 @@
 """One forward pass -> the predictions the criterion and post-processing read.
 
-transformers computes the auxiliary (intermediate decoder layer) predictions
-only when it computes its own loss; detr-ft runs the base model and applies
-the heads itself, so the loss is its own and works on padded targets.
+One function per model family, chosen by ``model.config.model_type``:
+
+- ``detr``: transformers computes the auxiliary (intermediate decoder layer)
+  predictions only when it computes its own loss; detr-ft runs the base model
+  and applies the heads itself, so the loss is its own and works on padded
+  targets. logits have C + 1 entries (the last is no-object).
+- ``conditional_detr``: the same, with the box head's (x, y) shifted by the
+  decoder's reference points before the sigmoid, exactly as
+  ``ConditionalDetrForObjectDetection.forward`` does. logits have C entries
+  (sigmoid focal loss, no no-object class).
+- ``rt_detr``: transformers' own model and loss (``transformers_loss``), fed
+  the real objects only; RT-DETR needs them in its forward for its denoising
+  queries. logits have C entries.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+# Families whose loss transformers computes (detr-ft feeds it the real objects only).
+TRANSFORMERS_LOSS_FAMILIES = ("rt_detr",)
+# Families trained with a sigmoid (focal / varifocal) class loss: logits [..., C], no no-object logit.
+SIGMOID_FAMILIES = ("conditional_detr", "rt_detr")
+SUPPORTED_FAMILIES = ("detr",) + SIGMOID_FAMILIES
 
 
 @dataclass
 class DetectionOutputs:
-    """logits [B, Q, C+1] (last = no object), boxes [B, Q, 4] normalised (cx, cy, w, h),
-    aux: one (logits, boxes) pair per intermediate decoder layer."""
+    """logits [B, Q, C+1] (DETR: last = no object) or [B, Q, C] (sigmoid families),
+    boxes [B, Q, 4] normalised (cx, cy, w, h) by the real (unpadded) image size,
+    aux: one (logits, boxes) pair per intermediate decoder layer (own-criterion families)."""
 
     logits: torch.Tensor
     boxes: torch.Tensor
     aux: list[tuple[torch.Tensor, torch.Tensor]]
 
 
+def family_of(model: nn.Module) -> str:
+    return model.config.model_type
+
+
+def uses_transformers_loss(config) -> bool:
+    """True for the families whose loss transformers computes (no detr-ft criterion)."""
+    return config.model_type in TRANSFORMERS_LOSS_FAMILIES
+
+
 def detection_outputs(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor,
                       with_aux: bool = True) -> DetectionOutputs:
-    """Forward a DETR model; aux outputs for all decoder layers but the last."""
+    """Forward a DETR-family model; aux outputs for all decoder layers but the last.
+
+    pixel_values [B, 3, H, W], pixel_mask [B, H, W] (1 = real pixel).
+    """
+    family = family_of(model)
+    if family == "rt_detr":
+        return rtdetr_forward(model, pixel_values, pixel_mask)[0]
+    if family == "conditional_detr":
+        return _conditional_detr_outputs(model, pixel_values, pixel_mask, with_aux)
+    return _detr_outputs(model, pixel_values, pixel_mask, with_aux)
+
+
+def _detr_outputs(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor,
+                  with_aux: bool) -> DetectionOutputs:
     out = model.model(pixel_values=pixel_values, pixel_mask=pixel_mask)
     hidden = out.last_hidden_state
     logits = model.class_labels_classifier(hidden)
@@ -38,3 +79,91 @@ def detection_outputs(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: 
         aux_boxes = model.bbox_predictor(inter).sigmoid()
         aux = [(aux_logits[i], aux_boxes[i]) for i in range(inter.shape[0])]
     return DetectionOutputs(logits, boxes, aux)
+
+
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """log(x / (1 - x)) with x clamped to [0, 1] and both terms to at least ``eps`` (transformers' rule)."""
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def _conditional_detr_outputs(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor,
+                              with_aux: bool) -> DetectionOutputs:
+    out = model.model(pixel_values=pixel_values, pixel_mask=pixel_mask)
+    reference = inverse_sigmoid(out.reference_points).transpose(0, 1)  # [Q, B, 2] -> [B, Q, 2]
+
+    def boxes_of(hidden: torch.Tensor) -> torch.Tensor:  # [..., B, Q, D] -> [..., B, Q, 4]
+        raw = model.bbox_predictor(hidden)
+        return torch.cat([raw[..., :2] + reference, raw[..., 2:]], dim=-1).sigmoid()
+
+    hidden = out.last_hidden_state  # [B, Q, D]
+    logits = model.class_labels_classifier(hidden)
+    boxes = boxes_of(hidden)
+    aux = []
+    inter = getattr(out, "intermediate_hidden_states", None)
+    if with_aux and inter is not None and model.config.auxiliary_loss:
+        inter = inter[:-1]  # [L-1, B, Q, D]
+        aux_logits, aux_boxes = model.class_labels_classifier(inter), boxes_of(inter)
+        aux = [(aux_logits[i], aux_boxes[i]) for i in range(inter.shape[0])]
+    return DetectionOutputs(logits, boxes, aux)
+
+
+# --- RT-DETR ---------------------------------------------------------------------
+
+
+def _rtdetr_canvas(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor):
+    """Pad to a multiple of RT-DETR's largest stride (its feature pyramid needs it).
+
+    Returns the padded pixel_values [B, 3, H', W'], pixel_mask [B, H', W'] and
+    scale [B, 1, 4]: the real image's share of the canvas (w/W', h/H', w/W', h/H').
+    RT-DETR ignores ``pixel_mask``: its boxes are normalised by the whole input
+    canvas, while detr-ft's are normalised by the real image; ``scale`` maps one to the other.
+    """
+    stride = max(getattr(model.config, "feat_strides", None) or [32])
+    height, width = pixel_values.shape[-2:]
+    pad_h, pad_w = math.ceil(height / stride) * stride - height, math.ceil(width / stride) * stride - width
+    if pad_h or pad_w:
+        pixel_values = F.pad(pixel_values, (0, pad_w, 0, pad_h))
+        pixel_mask = F.pad(pixel_mask, (0, pad_w, 0, pad_h))
+    mask = pixel_mask.bool()
+    real_h = mask.any(2).sum(1).clamp(min=1).to(pixel_values.dtype)  # [B]
+    real_w = mask.any(1).sum(1).clamp(min=1).to(pixel_values.dtype)
+    sx, sy = real_w / pixel_values.shape[-1], real_h / pixel_values.shape[-2]
+    scale = torch.stack([sx, sy, sx, sy], dim=-1)[:, None, :]
+    return pixel_values, pixel_mask, scale
+
+
+def rtdetr_forward(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor,
+                   targets: list[dict[str, torch.Tensor]] | None = None):
+    """RT-DETR forward, with transformers' loss when ``targets`` (real objects only) are given.
+
+    targets: per image {"class_labels": [N_i] long, "boxes": [N_i, 4] normalised by the real image}.
+    Returns (DetectionOutputs of the Q regular queries, losses or None); in training
+    the model also runs denoising queries, which only its loss reads.
+    """
+    pixel_values, pixel_mask, scale = _rtdetr_canvas(model, pixel_values, pixel_mask)
+    labels = None
+    if targets is not None:
+        labels = [{"class_labels": t["class_labels"], "boxes": t["boxes"].to(scale.dtype) * scale[i]}
+                  for i, t in enumerate(targets)]
+    out = model(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=labels)
+    queries = model.config.num_queries  # in training the denoising queries come first: keep the last Q
+    logits, boxes = out.logits[:, -queries:], out.pred_boxes[:, -queries:]
+    boxes = boxes / scale.to(boxes.dtype)  # canvas frame -> real-image frame
+    losses = None
+    if targets is not None:
+        parts = out.loss_dict
+        # detr-ft logs loss_ce / loss_bbox / loss_giou of the final layer; RT-DETR's class loss is varifocal.
+        losses = {"loss": out.loss, **parts, "loss_ce": parts["loss_vfl"]}
+    return DetectionOutputs(logits, boxes, []), losses
+
+
+def transformers_loss(model: nn.Module, batch) -> tuple[DetectionOutputs, dict[str, torch.Tensor]]:
+    """Forward a ``Batch`` with transformers' own loss on its real objects (``Batch.targets()``).
+
+    Returns (outputs, {"loss", "loss_ce", "loss_bbox", "loss_giou", and transformers' loss_dict}).
+    """
+    if family_of(model) != "rt_detr":
+        raise ValueError(f"transformers_loss: no transformers loss path for {family_of(model)}")
+    out, losses = rtdetr_forward(model, batch.pixel_values, batch.pixel_mask, batch.targets())
+    return out, losses

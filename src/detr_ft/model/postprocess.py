@@ -1,4 +1,9 @@
-"""Model outputs -> detections in original pixels and original category ids."""
+"""Model outputs -> detections in original pixels and original category ids.
+
+DETR: softmax, best class per query (transformers' ``DetrImageProcessor``).
+Conditional DETR and RT-DETR: sigmoid, top-k over queries x classes (their
+transformers post-processors).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,11 @@ from dataclasses import dataclass
 import torch
 
 from detr_ft.data.coco import Categories
+
+# Detections kept per image by the sigmoid families' top-k: transformers' Conditional DETR default,
+# and the most COCO evaluation counts (RT-DETR's processor keeps num_queries; with up to 100
+# queries those are the top of these).
+SIGMOID_TOP_K = 100
 
 
 @dataclass
@@ -26,27 +36,54 @@ def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def postprocess(logits: torch.Tensor, boxes: torch.Tensor, orig_sizes: torch.Tensor,
-                categories: Categories, threshold: float = 0.0) -> list[Detections]:
-    """DETR's post-processing: softmax over classes, best real class per query.
+                categories: Categories, threshold: float = 0.0, top_k: int = SIGMOID_TOP_K) -> list[Detections]:
+    """Detections per image, by the model family's own transformers post-processing.
 
-    logits [B, Q, C+1], boxes [B, Q, 4] normalised (cx, cy, w, h), orig_sizes [B, 2] (h, w).
-    Keeps queries whose score is above ``threshold``, sorted by score.
+    logits [B, Q, C+1] (DETR: softmax, best real class per query) or [B, Q, C]
+    (Conditional DETR, RT-DETR: sigmoid, the ``top_k`` best (query, class) pairs);
+    the family is told by the logits' width against the C categories.
+    boxes [B, Q, 4] normalised (cx, cy, w, h), orig_sizes [B, 2] (h, w).
+    Keeps detections whose score is above ``threshold``, sorted by score.
     """
-    probs = logits.float().softmax(-1)[..., :-1]
-    scores, labels = probs.max(-1)
+    num_classes = len(categories.ids)
+    if logits.shape[-1] == num_classes + 1:
+        scores, labels, query = _softmax_scores(logits)
+    elif logits.shape[-1] == num_classes:
+        scores, labels, query = _sigmoid_topk_scores(logits, top_k)
+    else:
+        raise ValueError(f"logits have {logits.shape[-1]} classes; expected {num_classes} (sigmoid families) "
+                         f"or {num_classes + 1} (DETR) for the {num_classes} categories")
     h, w = orig_sizes[:, 0:1].float(), orig_sizes[:, 1:2].float()
     scale = torch.stack([w, h, w, h], dim=-1)  # [B, 1, 4]
     xyxy = cxcywh_to_xyxy(boxes.float()) * scale
     xyxy[..., 0::2] = xyxy[..., 0::2].clamp(min=0).minimum(w.unsqueeze(-1))
     xyxy[..., 1::2] = xyxy[..., 1::2].clamp(min=0).minimum(h.unsqueeze(-1))
+    xyxy = xyxy.gather(1, query[..., None].expand(-1, -1, 4))  # [B, K, 4], one row per detection
     cat_ids = torch.tensor(categories.ids, dtype=torch.long, device=labels.device)
     results = []
     for i in range(logits.shape[0]):
         keep = scores[i] > threshold
-        order = scores[i][keep].argsort(descending=True)
+        order = scores[i][keep].argsort(descending=True, stable=True)
         s, lab, b = scores[i][keep][order], labels[i][keep][order], xyxy[i][keep][order]
         results.append(Detections(b.cpu(), s.cpu(), lab.cpu(), cat_ids[lab].cpu()))
     return results
+
+
+def _softmax_scores(logits: torch.Tensor):
+    """DETR: softmax over C+1, drop no-object, best class per query. Each [B, Q]."""
+    probs = logits.float().softmax(-1)[..., :-1]
+    scores, labels = probs.max(-1)
+    query = torch.arange(logits.shape[1], device=logits.device).expand_as(labels)
+    return scores, labels, query
+
+
+def _sigmoid_topk_scores(logits: torch.Tensor, top_k: int):
+    """Conditional DETR / RT-DETR: sigmoid per class, the top-k over queries x classes
+    (a query may give several classes). scores, labels, query: [B, K], K = min(top_k, Q*C)."""
+    num_classes = logits.shape[-1]
+    probs = logits.float().sigmoid().flatten(1)  # [B, Q*C]
+    scores, index = probs.topk(min(top_k, probs.shape[1]), dim=1)
+    return scores, index % num_classes, torch.div(index, num_classes, rounding_mode="floor")
 
 
 def to_coco_results(dets: Detections, image_id: int) -> list[dict]:

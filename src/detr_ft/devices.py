@@ -1,0 +1,84 @@
+"""Accelerators: what ``--device`` turns into for Lightning and for inference.
+
+- CPU / CUDA / MPS: Lightning's own accelerators. On CUDA, TF32 matmuls and
+  convolutions are enabled (Ampere and newer), batches are pinned and copied
+  without blocking.
+- Gaudi (HPU): lightning-habana's ``HPUAccelerator`` with its single-device or
+  DDP strategy and precision plugin (extra ``[hpu]``). Lazy or eager mode is
+  what ``PT_HPU_LAZY_MODE`` says, read by the Habana stack itself; in lazy mode
+  inference runs through HPU graphs. detr-ft's own criterion ignores padded
+  objects, so no optimum-habana patch is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from detr_ft.errors import UserError
+
+
+@dataclass
+class TrainerDevice:
+    """The Trainer arguments that depend on the device."""
+
+    accelerator: Any
+    strategy: Any
+    plugins: list = field(default_factory=list)
+    precision: str | None = None
+
+
+def mps_available() -> bool:
+    return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+
+
+def hpu_lazy_mode() -> bool:
+    """Gaudi lazy mode (graph accumulation) unless PT_HPU_LAZY_MODE=0."""
+    return os.environ.get("PT_HPU_LAZY_MODE", "1") != "0"
+
+
+def trainer_device(device: str, devices: int, num_nodes: int, strategy: str, autocast: bool) -> TrainerDevice:
+    """Accelerator, strategy, plugins and precision for ``--device``; a UserError where unavailable."""
+    precision = "bf16-mixed" if autocast else "32-true"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+        if devices > torch.cuda.device_count():
+            raise UserError(f"--devices {devices}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    if device == "mps" and not mps_available():
+        raise UserError("--device mps: Apple MPS is not available here; use --device cpu or auto")
+    if device in ("cuda", "auto") and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if device != "hpu":
+        return TrainerDevice(device, strategy, precision=precision)
+    try:
+        from lightning_habana.pytorch.accelerator import HPUAccelerator
+        from lightning_habana.pytorch.plugins import HPUPrecisionPlugin
+        from lightning_habana.pytorch.strategies import HPUDDPStrategy, SingleHPUStrategy
+    except ImportError:
+        raise UserError("--device hpu needs lightning-habana: pip install 'detr-ft[hpu]' "
+                        "(inside a Gaudi software container)") from None
+    if strategy == "auto":
+        strategy = HPUDDPStrategy() if devices * num_nodes > 1 else SingleHPUStrategy()
+    return TrainerDevice(HPUAccelerator(), strategy, plugins=[HPUPrecisionPlugin(precision=precision)])
+
+
+def accelerate_inference(model: torch.nn.Module, device: torch.device, cuda_graphs: bool = False) -> torch.nn.Module:
+    """Graph-capture the model for static-shape inference where the device supports it.
+
+    HPU in lazy mode: wrap in HPU graphs. CUDA with ``cuda_graphs``: torch.compile in
+    "reduce-overhead" mode, which replays CUDA graphs (inputs must keep one shape:
+    use a fixed canvas and batch size)."""
+    if device.type == "hpu" and hpu_lazy_mode():
+        import habana_frameworks.torch as ht
+
+        return ht.hpu.wrap_in_hpu_graph(model)
+    if cuda_graphs:
+        if device.type != "cuda":
+            raise UserError("--cuda-graphs needs a CUDA device (--device cuda)")
+        model.model.compile(mode="reduce-overhead", dynamic=False)
+    return model
