@@ -143,3 +143,19 @@ def test_original_command_lines_run_unchanged(synthetic_dir, tmp_path):
                            capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert infer.returncode == 0, infer.stderr[-2000:]
     assert len(list((tmp_path / "p" / "images").glob("*.jpg"))) == 2
+
+
+def test_predict_on_a_static_canvas_and_cuda_graph_errors(trained_run, synthetic_dir, tmp_path, capsys):
+    ckpt = str(trained_run / "last.ckpt")
+    base = ["predict", "--ckpt-path", ckpt, "--data-dir", str(synthetic_dir), "--max-inf-frames", "3",
+            "--batch-size", "2", "--threshold", "0"]
+    assert main([*base, "--pad", "--output-dir", str(tmp_path / "static")]) == 0
+    assert main([*base, "--output-dir", str(tmp_path / "dynamic")]) == 0
+    static = json.loads((tmp_path / "static" / "detections.json").read_text())
+    dynamic = json.loads((tmp_path / "dynamic" / "detections.json").read_text())
+    assert {d["image_id"] for d in static} == {d["image_id"] for d in dynamic}  # blank fill images report nothing
+    capsys.readouterr()
+    assert main([*base, "--cuda-graphs", "--output-dir", str(tmp_path / "x")]) == 2
+    assert "--pad" in capsys.readouterr().err
+    assert main([*base, "--cuda-graphs", "--pad", "--device", "cpu", "--output-dir", str(tmp_path / "y")]) == 2
+    assert "CUDA" in capsys.readouterr().err

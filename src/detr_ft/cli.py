@@ -161,6 +161,8 @@ def build_parser() -> Parser:
     pr.add_argument("--device", choices=DEVICES, default="auto")
     pr.add_argument("--pad", action=argparse.BooleanOptionalAction, default=False,
                     help="run on the fixed canvas of training (static shapes)")
+    pr.add_argument("--cuda-graphs", action="store_true",
+                    help="replay CUDA graphs (torch.compile reduce-overhead); needs --pad and --device cuda")
     pr.add_argument("--num-buckets", type=int, default=0,
                     help="accepted for the original command line; inference has no targets to bucket")
     pr.add_argument("--use-ckpt", action=argparse.BooleanOptionalAction, default=True,
@@ -397,7 +399,8 @@ def cmd_predict(args: argparse.Namespace, out: Path) -> int:
         print("note: --num-buckets has no effect on inference (there are no targets to pad)")
     summary = run_predict(args.ckpt_path, out, images=args.images, data_dir=args.data_dir, split=args.split,
                           threshold=args.threshold, max_inf_frames=args.max_inf_frames,
-                          batch_size=args.batch_size, device=args.device, pad=args.pad, hf_dataset=args.hf_dataset)
+                          batch_size=args.batch_size, device=args.device, pad=args.pad, hf_dataset=args.hf_dataset,
+                          cuda_graphs=args.cuda_graphs)
     print_summary("predict", out, {k: summary[k] for k in ("images", "detections", "annotated",
                                                            "detections_json")})
     return 0

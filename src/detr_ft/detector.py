@@ -61,9 +61,11 @@ class Detector:
         self.categories = categories
         self.use_canvas(canvas)
 
-    def use_canvas(self, canvas: tuple[int, int] | None) -> None:
-        """Pad every batch to a fixed (H, W) canvas (static shapes), or to the batch maximum (None)."""
-        self.collator = Collator(self.resize.mean, self.resize.std, canvases=[canvas] if canvas else None)
+    def use_canvas(self, canvas: tuple[int, int] | None, fill_to: int | None = None) -> None:
+        """Pad every batch to a fixed (H, W) canvas (static shapes), or to the batch maximum (None);
+        ``fill_to`` also fills short batches with blank images to a fixed batch size."""
+        self.collator = Collator(self.resize.mean, self.resize.std, canvases=[canvas] if canvas else None,
+                                 fill_to=fill_to)
 
     @classmethod
     def load(cls, path, device: str = "auto", canvas: tuple[int, int] | None = None) -> "Detector":
