@@ -124,6 +124,32 @@ def test_link_to_the_images_folder_itself_is_fine(tmp_path):
     assert len(load_index(root, "train")) == 1
 
 
+def test_legitimate_variety_passes_the_checks(tmp_path):
+    """Any Pillow mode and format, EXIF-rotated JPEGs, subfolders, non-contiguous ids: nothing is left out."""
+    from detr_ft.data.dataset import DetectionDataset
+    from detr_ft.data.transforms import ResizeSpec
+
+    root = tmp_path / "data"
+    (root / "images" / "a" / "b").mkdir(parents=True)
+    files = {"l.png": ("L", {}), "la.png": ("LA", {}), "p.gif": ("P", {}), "rgba.webp": ("RGBA", {}),
+             "cmyk.jpg": ("CMYK", {}), "cmyk.tif": ("CMYK", {}), "i16.png": ("I;16", {}), "i16.tif": ("I;16", {}),
+             "a/b/deep.bmp": ("RGB", {}), "prog.jpg": ("RGB", {"progressive": True})}
+    for name, (mode, kw) in files.items():
+        Image.new(mode, (40, 30)).save(root / "images" / name, **kw)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated: 30 wide, 40 high
+    Image.new("RGB", (40, 30)).save(root / "images" / "rotated.jpg", exif=exif.tobytes())
+    names = [*files, "rotated.jpg"]
+    images = [{"id": 7 * i + 3, "file_name": n, "width": 30 if n == "rotated.jpg" else 40,
+               "height": 40 if n == "rotated.jpg" else 30} for i, n in enumerate(names)]
+    anns = [{"id": i, "image_id": im["id"], "category_id": 11, "bbox": [1, 1, 5, 5]} for i, im in enumerate(images)]
+    index = load_index(write_split(root, images, anns), "train")
+    assert len(index) == len(names) and index.report.skipped_records == 0
+    dataset = DetectionDataset(index, ResizeSpec(64, 96))
+    sizes = {r.file_name: dataset[i].orig_size for i, r in enumerate(index.records)}
+    assert sizes["rotated.jpg"] == (40, 30) and sizes["i16.tif"] == (30, 40)
+
+
 def test_dataset_without_any_object_trains_and_reports_skipped_records_of_both_splits(tmp_path):
     """No image has an object (the criterion handles all-empty batches); one bad record per split is
     skipped under --on-bad-data skip, and metrics.json counts them per split."""

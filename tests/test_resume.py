@@ -170,9 +170,20 @@ def test_truncated_or_corrupt_checkpoint_is_a_clear_error(how, command, trained_
     assert "use another checkpoint" in err and "Traceback" not in err
 
 
-def test_resume_removes_half_written_temporaries(trained_run, synthetic_dir, tmp_path):
-    """A run killed during a save leaves '.last.ckpt.XXXX.tmp'; resuming ignores and removes it."""
+def test_resume_removes_half_written_temporaries_and_reads_weights_only(trained_run, synthetic_dir, tmp_path,
+                                                                       monkeypatch):
+    """A run killed during a save leaves '.last.ckpt.XXXX.tmp'; resuming ignores and removes it. Every
+    checkpoint read of the resume (detr-ft's check and Lightning's own restore) is weights_only."""
     from detr_ft.train import fit
+
+    weights_only = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        weights_only.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
 
     out = tmp_path / "run"
     out.mkdir()
@@ -183,3 +194,15 @@ def test_resume_removes_half_written_temporaries(trained_run, synthetic_dir, tmp
     trainer, _, _ = fit(TrainConfig(output_dir=str(out), data_dir=str(synthetic_dir), model="detr-tiny",
                                     max_epochs=3, batch_size=8, num_workers=0, resume=True, max_inf_frames=0))
     assert not stale.exists() and trainer.current_epoch == 3
+    assert len(weights_only) >= 2 and all(w is True for w in weights_only)
+
+
+def test_resume_with_another_model_is_a_clear_error(trained_run, synthetic_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.ckpt").write_bytes((trained_run / "last.ckpt").read_bytes())  # a detr-tiny run
+    rc = main(["train", "--model", "conditional-detr-tiny", "--data-dir", str(synthetic_dir), "--max-epochs", "3",
+               "--num-workers", "0", "--resume", "--output-dir", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert f"--resume: {out / 'last.ckpt'}" in err and "another model" in err and "--model" in err

@@ -1,4 +1,4 @@
-"""What makes a run resumable: the checkpoint to continue from, per-epoch random
+"""What makes a run resumable: the checkpoint to continue from, per-step random
 state, and a ``metrics.csv`` that continues instead of starting over.
 
 A resumed run must end where the uninterrupted one would have. Lightning's
@@ -28,6 +28,8 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from detr_ft.errors import UserError
+
 log = logging.getLogger("detr_ft")
 
 
@@ -39,8 +41,20 @@ def remove_stale_temporaries(out_dir: Path) -> int:
     return len(stale)
 
 
-def resume_point(checkpoint: dict) -> tuple[int, int]:
-    """(epoch, global step) at which a Lightning checkpoint was written."""
+def resume_point(path: Path, checkpoint: dict, module: L.LightningModule) -> tuple[int, int]:
+    """(epoch, global step) at which ``checkpoint`` was written, after checking that its weights
+    fit ``module`` (same model and classes); a ``UserError`` naming the first mismatch otherwise."""
+    theirs, ours = checkpoint["state_dict"], module.state_dict()
+    fix = "resume with the --model and dataset of that run, or pick another --output-dir"
+    for name, tensor in ours.items():
+        if name not in theirs:
+            raise UserError(f"--resume: {path} was written for another model (it has no {name}); {fix}")
+        if tuple(theirs[name].shape) != tuple(tensor.shape):
+            raise UserError(f"--resume: {path} does not fit this model ({name} is {tuple(theirs[name].shape)}, "
+                            f"here {tuple(tensor.shape)}: another model or number of classes); {fix}")
+    extra = sorted(set(theirs) - set(ours))
+    if extra:
+        raise UserError(f"--resume: {path} was written for another model (it has {extra[0]}); {fix}")
     return int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0))
 
 

@@ -149,7 +149,8 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
         resume_from = newest_checkpoint(out)
         if resume_from is None:
             raise UserError(f"--resume: no checkpoint in {out} to continue from; drop --resume to start afresh")
-        keep_until = resume_point(load_checkpoint(resume_from))  # a clear error if truncated, corrupt or unsafe
+        # a clear error if truncated, corrupt, unsafe, or written for another model
+        keep_until = resume_point(resume_from, load_checkpoint(resume_from), module)
         remove_stale_temporaries(out)
         print(f"resuming from {resume_from} (epoch {keep_until[0]}, step {keep_until[1]})")
     loggers = [ContinuingCSVLogger(out, keep_until=keep_until)]

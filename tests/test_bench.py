@@ -1,0 +1,209 @@
+"""``detr-ft bench``: one smoke run of every benchmark on tiny settings, the stock path's
+pieces, and the CUDA-only code paths as far as a CPU can check them. No timed assertions."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from detr_ft.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORD_KEYS = {"benchmark", "config", "ours", "baseline", "unit", "speedup"}
+
+
+@pytest.mark.slow
+@pytest.mark.compat
+def test_bench_runs_every_benchmark_and_writes_valid_json(tmp_path, capsys):
+    out, path = tmp_path / "out", tmp_path / "records.json"
+    rc = main(["bench", "--image-size", "64", "--batch-size", "2", "--steps", "1", "--warmup", "1", "--rounds", "1",
+               "--images", "8", "--workers", "0,1", "--device", "cpu", "--json", str(path),
+               "--output-dir", str(out)])
+    assert rc == 0
+    records = json.loads(path.read_text())
+    assert json.loads((out / "bench.json").read_text()) == records
+    assert [r["benchmark"] for r in records] == [
+        "startup", "data", "data", "train", "overhead", "train_peak_rss", "static", "infer", "latency",
+        "infer_peak_rss"]
+    for r in records:
+        assert set(r) == RECORD_KEYS
+        for k in ("ours", "baseline", "speedup"):
+            assert isinstance(r[k], float) and math.isfinite(r[k]) and r[k] > 0, r
+        expected = r["ours"] / r["baseline"] if r["unit"] == "images/s" else r["baseline"] / r["ours"]
+        assert r["speedup"] == pytest.approx(expected), r
+    units = {r["benchmark"]: r["unit"] for r in records}
+    assert units == {"startup": "s", "data": "images/s", "train": "images/s", "overhead": "x bare",
+                     "train_peak_rss": "MiB", "static": "images/s", "infer": "images/s", "latency": "ms",
+                     "infer_peak_rss": "MiB"}
+    assert [r["config"].split(" workers=")[1][0] for r in records if r["benchmark"] == "data"] == ["0", "1"]
+    # peak RSS is measured per side in its own process: a whole Python with torch, far above a few MiB
+    assert all(r["ours"] > 100 and r["baseline"] > 100 for r in records if r["unit"] == "MiB")
+    stdout = capsys.readouterr().out
+    assert "speedup" in stdout and "load average" in stdout
+    assert all(r["benchmark"] in stdout for r in records)
+    assert "DetrImageProcessor" in stdout  # which stock image processor class ran
+    env = json.loads((out / "machine.json").read_text())
+    assert env["before"]["cores"] >= 1 and env["notes"]
+
+
+@pytest.mark.compat
+def test_bench_bf16_train_only(tmp_path):
+    path = tmp_path / "r.json"
+    rc = main(["bench", "--what", "train", "--precision", "bf16", "--no-memory", "--image-size", "64",
+               "--batch-size", "2", "--steps", "1", "--warmup", "0", "--images", "4", "--device", "cpu",
+               "--json", str(path), "--output-dir", str(tmp_path / "o")])
+    assert rc == 0
+    records = json.loads(path.read_text())
+    assert [r["benchmark"] for r in records] == ["train", "overhead"]
+    assert all("bf16" in r["config"] for r in records)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--what", "train,bogus"], "--what"),
+    (["--image-size", "12x"], "--image-size"),
+    (["--image-size", "16"], "--image-size"),
+    (["--model", "rtdetr-tiny"], "--model"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--workers", "a,b"], "--workers"),
+    (["--images", "3", "--batch-size", "2"], "--images"),
+])
+def test_bench_mistakes_exit_2_with_one_line(argv, needle, tmp_path, capsys):
+    assert main(["bench", *argv, "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+def test_speedup_means_detr_ft_is_better():
+    from detr_ft.bench import Record
+
+    assert Record("train", "c", 30.0, 10.0, "images/s").speedup == pytest.approx(3.0)
+    assert Record("startup", "c", 0.5, 10.0, "s").speedup == pytest.approx(20.0)
+    assert Record("overhead", "c", 1.05, 1.4, "x bare").speedup == pytest.approx(1.4 / 1.05)
+    assert Record("peak", "c", 800.0, 400.0, "MiB").speedup == pytest.approx(0.5)
+
+
+def test_image_size_and_defaults_per_model():
+    from detr_ft.bench import BenchConfig, parse_image_size
+
+    assert parse_image_size("320") == (320, 320)
+    assert parse_image_size("800x1333") == (800, 1333)
+    tiny = BenchConfig().resolved()
+    assert (tiny.image_size, tiny.batch_size, tiny.shortest, tiny.longest) == ((320, 320), 16, 320, 533)
+    r50 = BenchConfig(model="detr-r50", image_size=(800, 1333)).resolved()
+    assert (r50.batch_size, r50.shortest, r50.longest) == (2, 800, 1333)
+
+
+@pytest.mark.compat
+def test_stock_collate_pads_targets_to_the_bucket_as_the_original():
+    from detr_ft.bench import StockCollate, stock_buckets, stock_processor
+    from detr_ft.data.transforms import ResizeSpec
+
+    processor = stock_processor(ResizeSpec(32, 48))
+    images = [torch.randn(3, 32, 48), torch.randn(3, 48, 32)]
+    targets = [{"class_labels": torch.tensor([2, 0]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1]]),
+                "area": torch.tensor([4.0, 1.0]), "iscrowd": torch.tensor([0, 0])},
+               {"class_labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4),
+                "area": torch.zeros(0), "iscrowd": torch.zeros(0, dtype=torch.long)}]
+    buckets = stock_buckets([2, 0, 5], 1)
+    assert buckets.tolist() == [5]
+    batch = StockCollate(processor, (48, 48), buckets, pad_label=3)(list(zip(images, targets)))
+    assert batch["pixel_values"].shape == (2, 3, 48, 48) and batch["pixel_mask"].shape == (2, 48, 48)
+    assert batch["pixel_mask"][0, :32, :48].all() and not batch["pixel_mask"][0, 32:].any()
+    assert torch.equal(batch["pixel_values"][1, :, :48, :32], images[1])
+    first, empty = batch["labels"]
+    assert first["class_labels"].tolist() == [2, 0, 3, 3, 3]  # padded with the no-object index
+    assert torch.equal(first["boxes"][2:], first["boxes"][:1].expand(3, 4))  # by repeating the first box
+    assert empty["class_labels"].tolist() == [3] * 5 and empty["boxes"].shape == (5, 4)
+    assert all(len(t[k]) == 5 for t in (first, empty) for k in ("boxes", "area", "iscrowd"))
+
+
+@pytest.mark.compat
+def test_stock_dataset_matches_the_processor_and_contiguous_labels(synthetic_dir):
+    from detr_ft.bench import StockCocoDetection, stock_processor
+    from detr_ft.data.coco import load_index
+    from detr_ft.data.transforms import ResizeSpec
+
+    index = load_index(synthetic_dir, "train")
+    label_of = {cid: i for i, cid in enumerate(index.categories.ids)}
+    resize = ResizeSpec(64, 96)
+    ds = StockCocoDetection(synthetic_dir / "images", synthetic_dir / "annotations" / "train.json",
+                            stock_processor(resize), label_of)
+    by_id = {r.image_id: r for r in index.records}
+    for i in range(4):
+        pixels, target = ds[i]
+        record = by_id[ds.ids[i]]
+        assert tuple(pixels.shape[1:]) == resize.output_size(record.height, record.width)
+        assert target["class_labels"].tolist() == record.labels.tolist()
+
+
+def test_cuda_code_paths_as_far_as_a_cpu_goes():
+    from detr_ft.bench import autocast, latency_compile_mode, synchronize, timed
+
+    assert latency_compile_mode(torch.device("cuda")) == "reduce-overhead"
+    assert latency_compile_mode(torch.device("cpu")) is None
+    with autocast(torch.device("cpu"), "bf16"):
+        assert torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype == torch.bfloat16
+    with autocast(torch.device("cpu"), "fp32"):
+        assert torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype == torch.float32
+    synchronize(torch.device("cpu"))
+    assert timed(lambda: sum(range(1000)), torch.device("cpu")) >= 0
+
+
+def test_trivial_loss_reaches_every_output_without_matching():
+    from detr_ft.bench import trivial_loss
+    from detr_ft.model.outputs import DetectionOutputs
+
+    tensors = [torch.randn(2, 5, 4, requires_grad=True) for _ in range(4)]
+    trivial_loss(DetectionOutputs(tensors[0], tensors[1], [(tensors[2], tensors[3])])).backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in tensors)
+
+
+def test_r50_architecture_trains_stages_2_to_4_on_both_sides():
+    from detr_ft.bench import bench_model, trainable_backbone
+
+    with torch.device("meta"):
+        model, pretrained, note = bench_model("detr-r50", {0: "a", 1: "b"}, seed=0)
+    assert pretrained and "equalised" in note and "would train 0 backbone" in note
+    backbone = model.model.backbone
+    frozen = {n for n, p in backbone.named_parameters() if not p.requires_grad}
+    assert frozen and all("embedder" in n or "stages.0." in n for n in frozen)
+    assert trainable_backbone(model) > 20_000_000  # ResNet-50 stages 2-4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the script runs the full GPU benchmark")
+def test_gpu_script_fails_clearly_without_cuda():
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 2
+    assert "CUDA" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert done.stdout == ""
+
+
+def test_collator_normalises_exactly_as_before():
+    """The numpy canvas of the collate gives bit-for-bit ``(x - mean) / std`` and zero padding."""
+    from detr_ft.data.batching import Collator
+    from detr_ft.data.dataset import Sample
+
+    g = torch.Generator().manual_seed(0)
+    samples = [Sample(torch.randint(0, 256, (20 + 5 * i, 30 - 3 * i, 3), generator=g, dtype=torch.uint8)
+                      .permute(2, 0, 1), torch.rand(i, 4), torch.zeros(i, dtype=torch.long), i, (10, 10))
+               for i in range(3)]
+    c = Collator((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), canvases=[(40, 40)], fill_to=4)
+    batch = c(samples)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1) * 255
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) * 255
+    for i, s in enumerate(samples):
+        _, h, w = s.image.shape
+        assert torch.equal(batch.pixel_values[i, :, :h, :w], (s.image.float() - mean) / std)
+        assert batch.pixel_values[i, :, h:].abs().sum() == 0 and batch.pixel_values[i, :, :, w:].abs().sum() == 0
+        assert batch.pixel_mask[i].sum() == h * w
+    assert batch.pixel_values[3].abs().sum() == 0 and batch.pixel_mask[3].sum() == 0
+    assert batch.pixel_values.dtype == torch.float32 and batch.pixel_mask.dtype == torch.long
