@@ -10,13 +10,13 @@
 # [records], "notes"}; the tables and progress go to stderr. Sized to finish within 8 minutes
 # on an H100. Without a CUDA device it stops at once: one line on stderr, exit code 2.
 #
-#   bash benchmarks/gpu.sh > gpu.json          # PYTHON=..., BATCH=8 STEPS=10 IMAGES=200 to override
+#   bash benchmarks/gpu.sh > gpu.json          # PYTHON=..., BATCH=8 STEPS=10 IMAGES=100 to override
 set -euo pipefail
 
 PYTHON="${PYTHON:-python}"
 BATCH="${BATCH:-8}"
 STEPS="${STEPS:-10}"
-IMAGES="${IMAGES:-200}"
+IMAGES="${IMAGES:-100}"
 STATIC_COMPILE="${STATIC_COMPILE:-0}"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,6 +52,10 @@ def test_bench_runs_every_benchmark_and_writes_valid_json(tmp_path, capsys):
     assert "DetrImageProcessor" in stdout  # which stock image processor class ran
     env = json.loads((out / "machine.json").read_text())
     assert env["before"]["cores"] >= 1 and env["notes"]
+    samples = env["samples_seconds"]  # every timed step, both sides, for whoever doubts a figure
+    assert len(samples["train"]["ours"]) == len(samples["train"]["stock"]) == len(samples["train"]["bare"]) == 1
+    assert min(r["ours"] for r in records if r["benchmark"] == "train") == pytest.approx(
+        2 / samples["train"]["ours"][0])
 
 
 @pytest.mark.compat
@@ -73,6 +78,7 @@ def test_bench_bf16_train_only(tmp_path):
     (["--batch-size", "0"], "--batch-size"),
     (["--workers", "a,b"], "--workers"),
     (["--images", "3", "--batch-size", "2"], "--images"),
+    (["--source-size", "10"], "--source-size"),
 ])
 def test_bench_mistakes_exit_2_with_one_line(argv, needle, tmp_path, capsys):
     assert main(["bench", *argv, "--output-dir", str(tmp_path)]) == 2
@@ -107,7 +113,8 @@ def test_stock_collate_pads_targets_to_the_bucket_as_the_original():
 
     processor = stock_processor(ResizeSpec(32, 48))
     images = [torch.randn(3, 32, 48), torch.randn(3, 48, 32)]
-    targets = [{"class_labels": torch.tensor([2, 0]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1]]),
+    boxes = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1]])
+    targets = [{"class_labels": torch.tensor([2, 0]), "boxes": boxes,
                 "area": torch.tensor([4.0, 1.0]), "iscrowd": torch.tensor([0, 0])},
                {"class_labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4),
                 "area": torch.zeros(0), "iscrowd": torch.zeros(0, dtype=torch.long)}]
@@ -207,3 +214,49 @@ def test_collator_normalises_exactly_as_before():
         assert batch.pixel_mask[i].sum() == h * w
     assert batch.pixel_values[3].abs().sum() == 0 and batch.pixel_mask[3].sum() == 0
     assert batch.pixel_values.dtype == torch.float32 and batch.pixel_mask.dtype == torch.long
+
+
+def test_predict_batches_by_orientation_and_keeps_the_order_given(tmp_path):
+    """Detector.predict groups similar shapes into a batch (a landscape and a portrait image
+    would pad each other to a square) and returns the results in the order of the input."""
+    from PIL import Image
+
+    from detr_ft.data.coco import Categories
+    from detr_ft.data.transforms import ResizeSpec
+    from detr_ft.detector import Detector, aspect_ratio
+    from detr_ft.model.postprocess import Detections
+
+    batches = []
+
+    class Probe(Detector):
+        def __init__(self):  # no model: detect_samples reports each image's size as its box
+            self.resize, self.categories = ResizeSpec(32, 64), Categories((7,), ("thing",))
+
+        def detect_samples(self, samples, threshold=0.0):
+            batches.append([s.orig_size for s in samples])
+            return [Detections(torch.tensor([[0.0, 0.0, float(w), float(h)]]), torch.tensor([0.9]),
+                               torch.tensor([0]), torch.tensor([7])) for h, w in (s.orig_size for s in samples)]
+
+    sizes = [(40, 60), (60, 40), (50, 70), (70, 50), (45, 45), (30, 90)]  # (height, width)
+    images = []
+    for i, (h, w) in enumerate(sizes):
+        im = Image.new("RGB", (w, h), (i * 30, 0, 0))
+        if i % 3 == 0:
+            images.append(im)
+        elif i % 3 == 1:
+            im.save(tmp_path / f"{i}.png")
+            images.append(str(tmp_path / f"{i}.png"))
+        else:
+            images.append(np.asarray(im))
+    out = Probe().predict(images, threshold=0.5, batch_size=2)
+    assert [r[0]["box"][2:] for r in out] == [[w, h] for h, w in sizes]
+    assert all(r[0]["category_id"] == 7 for r in out)
+    for batch in batches:
+        assert len({h > w for h, w in batch}) == 1, batches  # never a portrait beside a landscape
+
+    rotated = Image.new("RGB", (60, 40))  # stored landscape, displayed portrait (EXIF orientation 6)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated.save(tmp_path / "rotated.jpg", exif=exif)
+    assert aspect_ratio(str(tmp_path / "rotated.jpg")) == pytest.approx(1.5)
+    assert aspect_ratio(str(tmp_path / "missing.jpg")) == 1.0

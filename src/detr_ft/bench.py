@@ -23,8 +23,8 @@ static      end to end with data loading (workers 0): detr-ft's static       ima
             sample, every image on the square longest x longest canvas,
             targets padded to the bucket by repeating objects)
 data        detr-ft's loader vs DetrImageProcessor per sample plus the       images/s
-            original collate, with 0 and 2 workers (the same canvases as
-            ``static``)
+            original collate, epochs over the training set with 0 and 2
+            workers (the same canvases as ``static``)
 startup     the object buckets: detr-ft's index from the JSON vs the         s
             original's pass decoding every image through the processor
 infer       ``Detector.predict`` (batched) vs ``pipeline("object-           images/s
@@ -81,6 +81,8 @@ class BenchConfig:
                 benchmark keeps DETR's proportions at that scale: short side
                 min(H, W), long side max(H, W) (or short x 1333/800 when square).
     images:     size of the synthetic training set (ignored with ``data_dir``).
+    source_size: long side of the synthetic images (default: the resize's long side,
+                so resizing costs little; real photos are larger).
     """
 
     what: tuple[str, ...] = BENCHMARKS
@@ -94,10 +96,12 @@ class BenchConfig:
     compile: bool = False
     data_dir: str | None = None
     images: int = 200
+    source_size: int | None = None
     infer_images: int | None = None
     rounds: int = 3
     workers: tuple[int, ...] = (0, 2)
     memory: bool = True
+    threads: int | None = None
     seed: int = 0
 
     def resolved(self) -> "BenchConfig":
@@ -111,8 +115,8 @@ class BenchConfig:
         unknown = [w for w in self.what if w not in BENCHMARKS]
         if unknown or not self.what:
             raise UserError(f"--what {','.join(self.what)}: choose from {','.join(BENCHMARKS)}")
-        size = self.image_size or (DEFAULT_IMAGE_SIZE.get(self.model, 320),) * 2
-        batch = self.batch_size or DEFAULT_BATCH_SIZE.get(self.model, 8)
+        size = self.image_size if self.image_size is not None else (DEFAULT_IMAGE_SIZE.get(self.model, 320),) * 2
+        batch = self.batch_size if self.batch_size is not None else DEFAULT_BATCH_SIZE.get(self.model, 8)
         if not 32 <= min(size) <= max(size) <= 4096:
             raise UserError(f"--image-size {size[0]}x{size[1]}: sides must be between 32 and 4096 px")
         checks = {"--batch-size": (batch, 1), "--steps": (self.steps, 1), "--warmup": (self.warmup, 0),
@@ -124,7 +128,11 @@ class BenchConfig:
             raise UserError(f"--workers takes counts of 0 or more, comma-separated (got {self.workers})")
         if self.precision not in ("fp32", "bf16"):
             raise UserError(f"--precision must be fp32 or bf16 (got {self.precision})")
-        infer = self.infer_images or max(16, 4 * batch)
+        if self.source_size is not None and not 32 <= self.source_size <= 8192:
+            raise UserError(f"--source-size must be between 32 and 8192 px (got {self.source_size})")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be at least 1 (got {self.threads})")
+        infer = self.infer_images if self.infer_images is not None else max(16, 4 * batch)
         return replace(self, image_size=tuple(size), batch_size=batch, infer_images=infer,
                        what=tuple(dict.fromkeys(self.what)))
 
@@ -471,15 +479,17 @@ class Workspace:
 
         self.cfg = cfg
         self.root = root
+        self.samples: dict[str, dict[str, list[float]]] = {}  # benchmark -> side -> seconds per timed step
         if cfg.data_dir:
             self.data_dir = Path(cfg.data_dir).expanduser()
             self.source = str(self.data_dir)
         else:
             self.data_dir = root / "data"
             # JPEG photos of mixed orientation (landscape, portrait, square), long side at the model's maximum
+            source = cfg.source_size or cfg.longest
             generate(self.data_dir, train=cfg.images, val=0, seed=cfg.seed,
-                     spec=SyntheticSpec(size=cfg.longest, image_format="jpg"))
-            self.source = f"synthetic, {cfg.images} JPEG images, long side {cfg.longest} px, mixed orientation"
+                     spec=SyntheticSpec(size=source, image_format="jpg"))
+            self.source = f"synthetic, {cfg.images} JPEG images, long side {source} px, mixed orientation"
         self.index = load_index(self.data_dir, "train")
         if len(self.index) < 2 * cfg.batch_size:
             raise UserError(f"--data-dir {self.data_dir}: {len(self.index)} training images; bench needs at "
@@ -554,6 +564,7 @@ def bench_train(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: li
         "stock": lambda: sides.stock_step(opt["stock"], batch.pixel_values, batch.pixel_mask, labels),
         "bare": lambda: sides.bare_step(opt["bare"], batch.pixel_values, batch.pixel_mask),
     }, cfg.steps, cfg.warmup, device)
+    ws.samples["train"] = times
     ours, stock, bare = (best(times[k]) for k in ("ours", "stock", "bare"))
     label = cfg.label(device)
     notes.append(f"train: one fixed batch, {int(batch.valid.sum())} objects; step times, fastest: bare network "
@@ -593,6 +604,7 @@ def bench_static(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: l
                          stock_labels(b["labels"], device))
 
     times = alternate({"ours": ours, "stock": stock}, cfg.steps, cfg.warmup, device)
+    ws.samples["static"] = times
     b = cfg.batch_size
     notes.append(f"static: canvases ours {ws.auto_canvases} by orientation, stock {[ws.square_canvas]}; "
                  f"object bucket {ours_buckets}; data in the main process (workers 0) on both sides; medians: "
@@ -601,27 +613,28 @@ def bench_static(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: l
                    b / best(times["stock"]), "images/s")]
 
 
-def bench_data(ws: Workspace, cfg: BenchConfig, device) -> list[Record]:
+def bench_data(ws: Workspace, cfg: BenchConfig, device, notes: list[str]) -> list[Record]:
+    """Epochs over the whole training set, shuffled, as training reads it; one warm-up epoch."""
     from detr_ft.data.batching import compute_buckets
 
-    n = min(len(ws.index), max(64, 4 * cfg.batch_size))
-    subset = ws.subset(n)
-    counts = subset.object_counts()
+    n = len(ws.index)
+    counts = ws.index.object_counts()
     processor = stock_processor(ws.resize)
     records = []
     for workers in cfg.workers:
-        def ours():
-            loader = ws.our_loader(subset, workers, compute_buckets(counts, 1), shuffle=False, drop_last=False)
-            return sum(len(b) for b in loader)
-
-        def stock():
-            loader = ws.stock_loader(processor, n, workers, stock_buckets(counts, 1), shuffle=False,
-                                     drop_last=False)
-            return sum(len(b["pixel_values"]) for b in loader)
-
-        times = alternate({"ours": ours, "stock": stock}, cfg.rounds, 0, torch.device("cpu"))
+        ours_loader = ws.our_loader(ws.index, workers, compute_buckets(counts, 1), shuffle=True, drop_last=False)
+        stock_loader = ws.stock_loader(processor, None, workers, stock_buckets(counts, 1), shuffle=True,
+                                       drop_last=False)
+        times = alternate({"ours": lambda: sum(len(b) for b in ours_loader),
+                           "stock": lambda: sum(len(b["pixel_values"]) for b in stock_loader)},
+                          cfg.rounds, 1, torch.device("cpu"))
+        del ours_loader, stock_loader  # their worker processes end here
+        ws.samples[f"data workers={workers}"] = times
         records.append(Record("data", f"{cfg.label(device)} workers={workers} {n} images",
                               n / best(times["ours"]), n / best(times["stock"]), "images/s"))
+    notes.append(f"data: one epoch of all {n} training images per pass, to the same canvases as static; with "
+                 f"workers, detr-ft's persist across epochs (as in detr-ft train), the original's loader starts "
+                 f"new ones every epoch (as it does)")
     return records
 
 
@@ -641,6 +654,7 @@ def bench_startup(ws: Workspace, cfg: BenchConfig, device, notes: list[str]) -> 
         found["stock"] = stock_startup(ws.images_dir, ws.ann_file, processor, ws.label_of, workers).tolist()
 
     times = alternate({"ours": ours, "stock": stock}, cfg.rounds, 0, torch.device("cpu"))
+    ws.samples["startup"] = times
     notes.append(f"startup: buckets ours {found['ours']}, stock {found['stock']}; the stock pass uses "
                  f"{workers} workers (the original's 15, capped at the cores); page cache warm")
     return [Record("startup", f"{len(ws.index)} images, long side up to {max(r.width for r in ws.index.records)} px",
@@ -692,13 +706,15 @@ def bench_infer(ws: Workspace, cfg: BenchConfig, device, export_dir: Path, notes
     ours()  # warm-up; the stock side's was its batch-size probe
     stock()
     times = alternate({"ours": ours, "stock": stock}, cfg.rounds, 0, device)
+    ws.samples["infer"] = times
     n = len(paths)
     fallback = "" if stock_batch == cfg.batch_size else (
         f" (its batch_size={cfg.batch_size} fails on images of different sizes in this transformers, so it "
         f"runs batch_size=1)")
     notes.append(f"infer: {n} image files, batch {cfg.batch_size}, threshold {THRESHOLD}; stock pipeline with "
                  f"{type(pipe.image_processor).__name__}{fallback}; detections ours "
-                 f"{sum(map(len, found['ours']))}, stock {sum(map(len, found['stock']))}; medians: {medians(times)} per pass")
+                 f"{sum(map(len, found['ours']))}, stock {sum(map(len, found['stock']))}; medians: "
+                 f"{medians(times)} per pass")
     records = [Record("infer", f"{cfg.label(device)} {n} images", n / best(times["ours"]),
                       n / best(times["stock"]), "images/s")]
     return records + bench_latency(ws, cfg, device, detector, pipe, notes)
@@ -749,6 +765,7 @@ def bench_latency(ws: Workspace, cfg: BenchConfig, device, detector, pipe, notes
         return [{k: v.cpu() for k, v in r.items()} for r in found]
 
     times = alternate({"ours": ours, "stock": stock}, max(cfg.steps, 10), max(cfg.warmup, 3), device)
+    ws.samples["latency"] = times
     how = "eager" if not cfg.compile else f"torch.compile(mode={mode!r})" + (" = CUDA graphs" if mode else "")
     notes.append(f"latency: canvas {canvas}, ours {how}, stock eager; forward + post-processing to host tensors")
     return [Record("latency", f"{cfg.label(device)} b1 canvas {canvas[0]}x{canvas[1]}",
@@ -782,6 +799,8 @@ def _rss_child(task: str, side: str, cfg_dict: dict, root: str, export_dir: str 
         quiet_progress_bars()
         cfg = BenchConfig(**{**cfg_dict, "what": tuple(cfg_dict["what"]), "workers": tuple(cfg_dict["workers"]),
                              "image_size": tuple(cfg_dict["image_size"])}).resolved()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         device = torch.device(cfg.device)
         ws = Workspace(cfg, Path(root))
         if task == "train":
@@ -873,12 +892,15 @@ def quiet_progress_bars() -> None:
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[list[Record], list[str], dict]:
-    """Run the benchmarks ``cfg.what``; returns (records, notes, machine before, machine after)."""
+    """Run the benchmarks ``cfg.what``; returns (records, notes, environment: the machine
+    before and after, and every timed step's seconds)."""
     from detr_ft.detector import pick_device
 
     cfg = cfg.resolved()
     device = pick_device(cfg.device)
     quiet_progress_bars()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     if cfg.compile and device.type == "cpu":
         log("note: --compile on a CPU compiles with inductor's C++ back end; the first steps take minutes")
     env = {"before": machine()}
@@ -899,7 +921,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
             if what == "startup":
                 records += bench_startup(ws, cfg, device, notes)
             elif what == "data":
-                records += bench_data(ws, cfg, device)
+                records += bench_data(ws, cfg, device, notes)
             elif what in ("train", "static"):
                 if sides is None:
                     sides = Sides(cfg, ws.categories, ws.resize, device)
@@ -920,6 +942,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
             notes.append("peak RSS: each side alone in a fresh spawned process (its VmHWM: interpreter, "
                          "libraries, model, data and the run itself)")
         notes.append(f"wall time {time.perf_counter() - started:.0f} s")
+        env["samples_seconds"] = ws.samples
     env["after"] = machine()
     return records, notes, env
 
@@ -970,8 +993,8 @@ def config_from_args(args) -> BenchConfig:
     cfg = BenchConfig(what=tuple(w.strip() for w in args.what.split(",") if w.strip()), model=args.model,
                       image_size=parse_image_size(args.image_size), batch_size=args.batch_size, steps=args.steps,
                       warmup=args.warmup, device=args.device, precision=args.precision, compile=args.compile,
-                      data_dir=args.data_dir, images=args.images, rounds=args.rounds, workers=workers,
-                      memory=args.memory)
+                      data_dir=args.data_dir, images=args.images, source_size=args.source_size,
+                      rounds=args.rounds, workers=workers, memory=args.memory, threads=args.threads)
     return cfg.resolved()
 
 

@@ -194,9 +194,11 @@ def build_parser() -> Parser:
                        help="torch.compile the network on both sides; CUDA graphs for the batch-1 latency")
     bench.add_argument("--data-dir", help="a dataset in CPPE-5 layout (default: a synthetic one, --images big)")
     bench.add_argument("--images", type=int, default=200, help="synthetic training images")
+    bench.add_argument("--source-size", type=int, help="long side of the synthetic images (default: the resize's)")
     bench.add_argument("--workers", default="0,2", help="data-loading workers of the data benchmark")
     bench.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                        help="peak RSS of each side, in fresh processes")
+    bench.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     bench.add_argument("--json", help="also write the records to this file")
     add_common(bench)
     return parser

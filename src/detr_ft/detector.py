@@ -115,16 +115,38 @@ class Detector:
             raise UserError(f"batch_size must be at least 1 (got {batch_size})")
         single = not isinstance(images, (list, tuple))
         images = [images] if single else list(images)
-        results = []
-        for start in range(0, len(images), batch_size):
-            chunk = [as_image(im) for im in images[start:start + batch_size]]
-            for dets in self.detect_samples([self.sample(im) for im in chunk], threshold):
-                results.append([
+        # Batches of similar shape (a landscape and a portrait image would pad each other to a
+        # square); the results go back in the order given.
+        order = sorted(range(len(images)), key=lambda i: aspect_ratio(images[i]))
+        results: list = [None] * len(images)
+        for start in range(0, len(order), batch_size):
+            ids = order[start:start + batch_size]
+            chunk = [as_image(images[i]) for i in ids]
+            for i, dets in zip(ids, self.detect_samples([self.sample(im) for im in chunk], threshold)):
+                results[i] = [
                     {"label": self.categories.names[lab], "category_id": cid, "score": s, "box": box}
                     for lab, cid, s, box in zip(dets.labels.tolist(), dets.category_ids.tolist(),
                                                 dets.scores.tolist(), dets.boxes.tolist())
-                ])
+                ]
         return results[0] if single else results
+
+
+def aspect_ratio(image) -> float:
+    """Height / width of an image as displayed, from a file's header only (EXIF rotation
+    counted); 1.0 where it cannot be told (``as_image`` then reports the problem)."""
+    if isinstance(image, Image.Image):
+        return image.height / image.width
+    if isinstance(image, np.ndarray) and image.ndim in (2, 3) and image.shape[1]:
+        return image.shape[0] / image.shape[1]
+    if isinstance(image, (str, Path)):
+        try:
+            with Image.open(Path(image).expanduser()) as im:
+                w, h = im.size
+                rotated = im.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientation: a quarter turn
+            return (w / h if rotated else h / w) if w and h else 1.0
+        except Exception:  # noqa: BLE001  (unreadable here: as_image raises the clear error)
+            return 1.0
+    return 1.0
 
 
 def as_image(image) -> Image.Image:
