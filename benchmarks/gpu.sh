@@ -10,7 +10,7 @@
 # [records], "notes"}; the tables and progress go to stderr. Sized to finish within 8 minutes
 # on an H100. Without a CUDA device it stops at once: one line on stderr, exit code 2.
 #
-#   bash benchmarks/gpu.sh > gpu.json          # PYTHON=..., BATCH=8 STEPS=10 IMAGES=100 to override
+#   bash benchmarks/gpu.sh > gpu.json     # PYTHON=..., BATCH=8 STEPS=10 IMAGES=100 WHAT=... COMPILE_WHAT=... WORK=DIR
 set -euo pipefail
 
 PYTHON="${PYTHON:-python}"
@@ -18,6 +18,7 @@ BATCH="${BATCH:-8}"
 STEPS="${STEPS:-10}"
 IMAGES="${IMAGES:-100}"
 STATIC_COMPILE="${STATIC_COMPILE:-0}"
+WHAT="${WHAT:-train,static,infer,startup,data}"   # the eager run's benchmarks
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
@@ -27,8 +28,11 @@ if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() el
   exit 2
 fi
 
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+if [ -n "${WORK:-}" ]; then   # keep the records (and what a run cut short had written) in $WORK
+  work="$WORK"; mkdir -p "$work"
+else
+  work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
+fi
 started=$SECONDS
 
 # One dataset for both runs: JPEG photos of mixed orientation, long side 1333 px.
@@ -43,24 +47,25 @@ common=(--model detr-r50 --image-size 800x1333 --batch-size "$BATCH" --steps "$S
         --device cuda --precision bf16 --data-dir "$work/data")
 compiled_what="train,infer"
 [ "$STATIC_COMPILE" = "1" ] && compiled_what="train,static,infer"
+compiled_what="${COMPILE_WHAT:-$compiled_what}"
 
 echo "gpu.sh: eager run ($((SECONDS - started)) s)" >&2
-"$PYTHON" -m detr_ft bench "${common[@]}" --what train,static,infer,startup,data \
+"$PYTHON" -m detr_ft bench "${common[@]}" --what "$WHAT" \
   --output-dir "$work/eager" --json "$work/eager.json" >&2
 echo "gpu.sh: compile run ($((SECONDS - started)) s)" >&2
 "$PYTHON" -m detr_ft bench "${common[@]}" --what "$compiled_what" --compile --no-memory \
   --output-dir "$work/compile" --json "$work/compile.json" >&2
 echo "gpu.sh: done in $((SECONDS - started)) s" >&2
 
-"$PYTHON" - "$work" "${common[*]}" "$compiled_what" $((SECONDS - started)) <<'EOF'
+"$PYTHON" - "$work" "${common[*]}" "$compiled_what" $((SECONDS - started)) "$WHAT" <<'EOF'
 import json, sys
 from pathlib import Path
-work, common, compiled_what, seconds = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+work, common, compiled_what, seconds, what = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 eager_env = json.loads((work / "eager" / "machine.json").read_text())
 compile_env = json.loads((work / "compile" / "machine.json").read_text())
 print(json.dumps({
     "machine": eager_env["before"],
-    "command": {"eager": f"detr-ft bench {common} --what train,static,infer,startup,data",
+    "command": {"eager": f"detr-ft bench {common} --what {what}",
                 "compile": f"detr-ft bench {common} --what {compiled_what} --compile --no-memory"},
     "eager": json.loads((work / "eager.json").read_text()),
     "compile": json.loads((work / "compile.json").read_text()),

@@ -64,6 +64,14 @@ def make_batch(pixel_values, pixel_mask, labels, boxes, valid) -> Batch:
 # --- presets and --model directories -----------------------------------------------
 
 
+def _small_resnet():
+    """A small bottleneck ResNet, as hub checkpoints have (the freezing rule reads its stage names)."""
+    from transformers import ResNetConfig
+
+    return ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1],
+                        layer_type="bottleneck", out_features=["stage4"])
+
+
 @pytest.mark.parametrize("preset,family", [("conditional-detr-tiny", "conditional_detr"), ("rtdetr-tiny", "rt_detr")])
 def test_preset_is_random_init_fully_trainable_with_trainable_batch_norm(preset, family):
     bundle = build_model(preset, LABELS)
@@ -78,12 +86,10 @@ def test_preset_is_random_init_fully_trainable_with_trainable_batch_norm(preset,
 
 def test_local_conditional_detr_directory_freezes_only_stem_and_first_stage(tmp_path):
     """transformers freezes the whole ResNet of a Conditional DETR (as of DETR); detr-ft trains stages 2-4."""
-    from transformers import ConditionalDetrConfig, ConditionalDetrForObjectDetection, ResNetConfig
+    from transformers import ConditionalDetrConfig, ConditionalDetrForObjectDetection
 
-    backbone = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1],
-                            layer_type="bottleneck", out_features=["stage4"])
     config = ConditionalDetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone=None,
-                                   backbone_config=backbone, d_model=32, encoder_layers=1, decoder_layers=1,
+                                   backbone_config=_small_resnet(), d_model=32, encoder_layers=1, decoder_layers=1,
                                    encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
                                    decoder_ffn_dim=32, num_queries=5, num_labels=7)
     ConditionalDetrForObjectDetection(config).save_pretrained(tmp_path)
@@ -102,6 +108,20 @@ def test_local_rtdetr_directory_loads_with_a_head_for_the_dataset(tmp_path):
     assert bundle.model.config.num_labels == 3
     out = detection_outputs(bundle.model.eval(), *images(1, 64, 64))
     assert out.logits.shape[-1] == 3
+
+
+def test_unsupported_family_is_one_clear_error(tmp_path):
+    from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection
+
+    from detr_ft.errors import UserError
+
+    config = DeformableDetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone=None,
+                                  backbone_config=_small_resnet(), d_model=32, encoder_layers=1, decoder_layers=2,
+                                  encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                                  decoder_ffn_dim=32, num_queries=5, num_feature_levels=1, num_labels=3)
+    DeformableDetrForObjectDetection(config).save_pretrained(tmp_path)
+    with pytest.raises(UserError, match="deformable_detr model; detr-ft trains detr, conditional_detr, rt_detr"):
+        build_model(str(tmp_path), LABELS)
 
 
 # --- Conditional DETR ----------------------------------------------------------------

@@ -394,7 +394,9 @@ def stock_pad(processor, pixel_values: list[torch.Tensor], canvas: tuple[int, in
     """The original collate's ``processor.pad`` -> (pixel_values [B, 3, H, W], pixel_mask [B, H, W]).
 
     transformers 4.x pads a list (the original's call); 5.x's ``pad`` takes one
-    image, so the same library call runs per image.
+    image, so the same library call runs per image: a NumPy array for the
+    PIL-backed processor (``DetrImageProcessorPil``, no torchvision), a tensor
+    for the torchvision-backed ``DetrImageProcessor``.
     """
     import inspect
 
@@ -403,9 +405,10 @@ def stock_pad(processor, pixel_values: list[torch.Tensor], canvas: tuple[int, in
         encoding = processor.pad(pixel_values, return_tensors="pt", **kwargs)
         return encoding["pixel_values"], encoding["pixel_mask"]
     size = canvas or (max(p.shape[1] for p in pixel_values), max(p.shape[2] for p in pixel_values))
-    padded = [processor.pad(p.numpy(), size)[:2] for p in pixel_values]
-    return (torch.from_numpy(np.stack([im for im, _ in padded])),
-            torch.from_numpy(np.stack([mask for _, mask in padded])))
+    numpy_backend = type(processor).__name__.endswith("Pil")
+    padded = [processor.pad(p.numpy() if numpy_backend else p, size)[:2] for p in pixel_values]
+    return (torch.stack([torch.as_tensor(im) for im, _ in padded]),
+            torch.stack([torch.as_tensor(mask) for _, mask in padded]))
 
 
 class StockCollate:
@@ -917,7 +920,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
         steps = [w for w in ("startup", "data", "train", "static", "infer") if w in cfg.what]
         sides = None
         for what in steps:
-            t0 = time.perf_counter()
+            t0, done = time.perf_counter(), len(records)
             if what == "startup":
                 records += bench_startup(ws, cfg, device, notes)
             elif what == "data":
@@ -938,6 +941,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
                 if cfg.memory:
                     records.append(bench_memory("infer", ws, cfg, device, export_dir))
             log(f"bench: {what} done in {time.perf_counter() - t0:.0f} s")
+            for r in records[done:]:  # as they come, so a run cut short still leaves its figures
+                log(f"bench:   {json.dumps(asdict(r))}")
         if cfg.memory:
             notes.append("peak RSS: each side alone in a fresh spawned process (its VmHWM: interpreter, "
                          "libraries, model, data and the run itself)")

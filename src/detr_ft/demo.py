@@ -22,10 +22,12 @@ import lightning as L
 from detr_ft.config import TrainConfig
 from detr_ft.data.synthetic import SyntheticSpec, generate
 
-# The task: square 96 px images of 0-4 shapes of 5 classes (8 % empty), sides 20-50 % of the image,
-# random colours on textured backgrounds; the held-out split is drawn from its own seeds.
+# The task: square 96 px images of 0-4 shapes (8 % empty) of 3 classes told apart by outline only
+# (circle, triangle, cross; random colours), sides 20-50 % of the image, overlapping up to half,
+# on flat backgrounds. The held-out split is drawn from its own seeds.
 DEMO_SPEC = SyntheticSpec(size=96, min_objects=0, max_objects=4, min_side_frac=0.2, max_side_frac=0.5,
-                          empty_fraction=0.08, aspect_ratios=(1.0,))
+                          empty_fraction=0.08, aspect_ratios=(1.0,), textured=False,
+                          classes=("circle", "triangle", "cross"))
 DEMO_TRAIN_IMAGES = 4000
 DEMO_VAL_IMAGES = 200
 DEMO_MODEL = "rtdetr-tiny"
@@ -37,7 +39,7 @@ def demo_train_config(data_dir: Path, out_dir: Path, minutes: float) -> TrainCon
     """The demo's recipe: AdamW with a short warm-up, then a cosine that ends with the time budget."""
     return TrainConfig(
         output_dir=str(out_dir), data_dir=str(data_dir), model=DEMO_MODEL, max_epochs=1000,
-        max_minutes=minutes, batch_size=16, num_workers=0, pad=False, num_buckets=0, lr=1e-3, lr_backbone=1e-3,
+        max_minutes=minutes, batch_size=8, num_workers=0, pad=False, num_buckets=0, lr=1e-3, lr_backbone=1e-3,
         lr_schedule="cosine", warmup_steps=100, grad_clip=1.0, max_inf_frames=0, seed=0,
     )
 

@@ -63,6 +63,8 @@ class SyntheticSpec:
     textured:       textured backgrounds, shaded objects and sensor noise; False
                     gives flat backgrounds and flat-coloured objects.
     image_format:   'png' or 'jpg' ('jpeg' is taken as 'jpg').
+    classes:        names of the shape classes drawn (a subset of ``CATEGORIES``, at
+                    least one); the annotation files list these categories only.
     """
 
     size: int = 256
@@ -74,6 +76,7 @@ class SyntheticSpec:
     aspect_ratios: tuple[float, ...] = (4 / 3, 3 / 4, 1.0, 16 / 9, 9 / 16)
     textured: bool = True
     image_format: str = "png"
+    classes: tuple[str, ...] = tuple(name for _, name in CATEGORIES)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "aspect_ratios", tuple(float(a) for a in self.aspect_ratios))
@@ -100,8 +103,19 @@ class SyntheticSpec:
         for a in self.aspect_ratios:
             if not 0.25 <= a <= 4:
                 raise UserError(f"synthetic aspect ratio {a} is outside [0.25, 4] (width / height)")
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        known = [name for _, name in CATEGORIES]
+        unknown = [c for c in self.classes if c not in known]
+        if unknown or not self.classes or len(set(self.classes)) != len(self.classes):
+            raise UserError(f"synthetic classes must be distinct names among {', '.join(known)}, "
+                            f"got {list(self.classes)}")
         if self.image_format not in ("png", "jpg"):
             raise UserError(f"synthetic image_format must be 'png' or 'jpg', got {self.image_format!r}")
+
+    @property
+    def categories(self) -> tuple[tuple[int, str], ...]:
+        """(category id, name) of the classes drawn, in ``CATEGORIES`` order."""
+        return tuple((cid, name) for cid, name in CATEGORIES if name in self.classes)
 
     def image_size(self, aspect: float) -> tuple[int, int]:
         """(width, height) of an image with this width/height ratio."""
@@ -143,8 +157,8 @@ def generate(
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
 
-    categories = [{"id": cid, "name": name, "supercategory": "shape"} for cid, name in CATEGORIES]
-    summary: dict = {"path": str(out), "categories": dict(CATEGORIES)}
+    categories = [{"id": cid, "name": name, "supercategory": "shape"} for cid, name in spec.categories]
+    summary: dict = {"path": str(out), "categories": dict(spec.categories)}
     image_id = ann_id = 0
     for split, count in zip(SPLITS, (train, val)):
         images, annotations = [], []
@@ -303,7 +317,8 @@ def _place(rng: np.random.Generator, owner: np.ndarray, placed: list[dict], spec
     """
     height, width = owner.shape
     short = min(width, height)
-    category_id = CATEGORIES[rng.integers(len(CATEGORIES))][0]
+    drawn = spec.categories
+    category_id = drawn[rng.integers(len(drawn))][0]
     lo = max(spec.min_side_frac * short, MIN_OBJECT_PX)
     hi = max(spec.max_side_frac * short, lo)
     diameter = math.exp(rng.uniform(math.log(lo), math.log(hi)))

@@ -16,6 +16,7 @@ from torch import nn
 
 from detr_ft.data.transforms import ResizeSpec
 from detr_ft.errors import UserError
+from detr_ft.model.outputs import SUPPORTED_FAMILIES
 
 DEFAULT_MODEL = "facebook/detr-resnet-50"
 # Revision of facebook/detr-resnet-50 whose backbone is a transformers ResNet, so timm is not needed.
@@ -66,9 +67,10 @@ def _conditional_detr_tiny_config(num_labels: int):
 
 
 def _rtdetr_tiny_config(num_labels: int):
-    """RT-DETR: a basic-block ResNet (strides 8, 16, 32), hybrid encoder, 3 decoder layers.
+    """RT-DETR: a basic-block ResNet (strides 8, 16, 32), hybrid encoder, 3 decoder layers, 30 queries.
 
     Trainable batch norms (random init), PyTorch deformable attention (no custom kernels).
+    10 denoising queries: on the demo's data they learned faster per CPU-second than 30.
     """
     from transformers import RTDetrConfig, RTDetrResNetConfig
 
@@ -80,7 +82,7 @@ def _rtdetr_tiny_config(num_labels: int):
         disable_custom_kernels=True, encoder_in_channels=channels[1:], feat_strides=[8, 16, 32],
         encoder_hidden_dim=128, encoder_layers=1, encoder_ffn_dim=256, encoder_attention_heads=4,
         d_model=128, decoder_in_channels=[128, 128, 128], decoder_layers=3, decoder_ffn_dim=256,
-        decoder_attention_heads=4, num_queries=30, num_denoising=30, num_labels=num_labels,
+        decoder_attention_heads=4, num_queries=30, num_denoising=10, num_labels=num_labels,
     )
 
 
@@ -145,6 +147,10 @@ def build_model(name: str, id2label: dict[int, str], revision: str | None = None
             f"--model {name}: cannot load from the Hugging Face hub (offline or unknown id); use "
             f"--model detr-tiny for an offline preset, or --model DIR with a local Hugging Face model directory"
         ) from None
+    if model.config.model_type not in SUPPORTED_FAMILIES:
+        raise UserError(f"--model {name}: a {model.config.model_type} model; detr-ft trains "
+                        f"{', '.join(SUPPORTED_FAMILIES)} models (a hub id, a local directory or a preset: "
+                        f"{', '.join(PRESETS)})")
     set_backbone_trainable(model, pretrained=True)
     model.train()  # from_pretrained returns eval mode, which would train with dropout off
     return ModelBundle(model, resize_from_processor(source, kw), model.config.model_type, pretrained=True)

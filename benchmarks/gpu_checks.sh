@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# detr-ft on one CUDA GPU: the checks no CPU machine can make (issue "scale-out and accelerators").
+#
+#   1. train detr-tiny with --device cuda --autocast --pad --num-buckets 1 --compile
+#      (recompiles over the whole run, validation included, must stay <= 2)
+#   2. the same under Lightning DDP with one device (--strategy ddp --devices 1)
+#   3. predict with --pad --cuda-graphs: the same detections as the plain path
+#
+# Prints one JSON object on stdout {"machine", "train", "ddp", "cuda_graphs", "ok"}; logs go to
+# stderr. Exit code 0 when every check passed, 1 when one failed, 2 without a CUDA device.
+#
+#   bash benchmarks/gpu_checks.sh > gpu_checks.json        # PYTHON=... to pick the interpreter
+set -uo pipefail
+
+PYTHON="${PYTHON:-python}"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+
+if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1; then
+  echo "benchmarks/gpu_checks.sh: no CUDA device visible to $PYTHON; run it on an NVIDIA GPU machine" >&2
+  exit 2
+fi
+
+work="${WORK:-$(mktemp -d)}"
+mkdir -p "$work"
+detr() { "$PYTHON" -m detr_ft "$@"; }
+
+detr data synthetic --out "$work/data" --train 64 --val 16 --size 320 >&2
+common=(--data-dir "$work/data" --model detr-tiny --device cuda --autocast --pad --num-buckets 1 --compile
+        --max-epochs 2 --batch-size 8 --num-workers 2 --seed 0)
+detr train "${common[@]}" --output-dir "$work/train" >&2;                      train_rc=$?
+detr train "${common[@]}" --strategy ddp --devices 1 --output-dir "$work/ddp" >&2; ddp_rc=$?
+detr predict --ckpt-path "$work/train/last.ckpt" --data-dir "$work/data" --device cuda --pad \
+  --threshold 0.0 --output-dir "$work/plain" >&2;                                  plain_rc=$?
+detr predict --ckpt-path "$work/train/last.ckpt" --data-dir "$work/data" --device cuda --pad --cuda-graphs \
+  --threshold 0.0 --output-dir "$work/graphs" >&2;                                 graphs_rc=$?
+
+"$PYTHON" - "$work" "$train_rc" "$ddp_rc" "$plain_rc" "$graphs_rc" <<'EOF'
+import json, sys
+from pathlib import Path
+
+import torch
+
+work = Path(sys.argv[1])
+train_rc, ddp_rc, plain_rc, graphs_rc = map(int, sys.argv[2:6])
+KEYS = ("world_size", "wall_seconds", "recompiles", "buckets", "padded_pixel_fraction", "images_per_second", "steps",
+        "epochs", "device", "precision", "map_50", "val_map_50", "val_map")
+
+
+def run_facts(name, rc):
+    path = work / name / "metrics.json"
+    if rc != 0 or not path.is_file():
+        return {"rc": rc, "ok": False}
+    m = json.loads(path.read_text())
+    flat = {**m, **m.get("final", {}), **m.get("run", {})}
+    facts = {k: flat[k] for k in KEYS if k in flat}
+    recompiles = flat.get("recompiles")
+    facts["ok"] = recompiles is not None and recompiles <= 2 and flat.get("world_size", 1) == 1
+    facts["rc"] = rc
+    return facts
+
+
+def detections(name):
+    return sorted((d["image_id"], d["category_id"], d["score"], d["bbox"])
+                  for d in json.loads((work / name / "detections.json").read_text()))
+
+
+graphs = {"rc": [plain_rc, graphs_rc], "ok": False}
+if plain_rc == 0 and graphs_rc == 0:
+    plain, replay = detections("plain"), detections("graphs")
+    same = len(plain) == len(replay) and all(
+        a[0] == b[0] and a[1] == b[1] and abs(a[2] - b[2]) < 1e-3
+        and max(abs(x - y) for x, y in zip(a[3], b[3])) < 0.5 for a, b in zip(plain, replay))
+    graphs.update(detections=len(plain), same_as_plain=same, ok=same)
+report = {"machine": {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                      "transformers": __import__("transformers").__version__,
+                      "lightning": __import__("lightning").__version__},
+          "train": run_facts("train", train_rc), "ddp": run_facts("ddp", ddp_rc), "cuda_graphs": graphs}
+report["ok"] = all(report[k]["ok"] for k in ("train", "ddp", "cuda_graphs"))
+print(json.dumps(report, indent=1))
+sys.exit(0 if report["ok"] else 1)
+EOF
