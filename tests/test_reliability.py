@@ -90,7 +90,12 @@ def test_bad_image_files_stop_the_run_with_one_line_naming_each(mixed_files):
         assert good not in msg
 
 
-def test_bad_image_files_are_left_out_and_counted_under_skip(mixed_files):
+@pytest.mark.parametrize("threads", [1, 3])
+def test_bad_image_files_are_left_out_and_counted_under_skip(mixed_files, monkeypatch, threads):
+    import detr_ft.data.coco as coco
+
+    monkeypatch.setattr(coco, "CHECK_THREADS", threads)
+    monkeypatch.setattr(coco, "CHECK_THREADS_FROM", 1)  # the threaded path for a few files too
     index = load_index(mixed_files, "train", on_bad_data="skip")
     assert [r.file_name for r in index.records] == ["ok.png", "sub/deep.jpg", "link_in.png"]
     assert index.report.to_dict() == {"skipped_records": 7, "skipped_objects": 7, "dropped_boxes": 0,
@@ -110,6 +115,32 @@ def test_jpeg_completeness_check():
     truncated = jpg[:2] + thumbnail + jpg[2: len(jpg) // 2]
     assert not _jpeg_is_complete(truncated)
     assert _jpeg_is_complete(jpg[:2] + thumbnail + jpg[2:])
+
+
+@pytest.mark.parametrize("small_blocks", [False, True])
+def test_jpeg_file_check_reads_head_and_tail_and_agrees_with_the_whole_file_check(tmp_path, monkeypatch, small_blocks):
+    """The file check reads only the head and tail where that settles it; its answer is always the full check's."""
+    import detr_ft.data.coco as coco
+
+    if small_blocks:  # force the fall-backs: a head that ends before the scan, a tail without the end marker
+        monkeypatch.setattr(coco, "JPEG_HEAD_BYTES", 16)
+        monkeypatch.setattr(coco, "JPEG_TAIL_BYTES", 8)
+    jpg = image_bytes("JPEG", quality=90)
+    progressive = image_bytes("JPEG", quality=90, progressive=True)
+    thumbnail = b"\xff\xe1" + (2 + 6).to_bytes(2, "big") + b"ab\xff\xd9cd"
+    cases = {
+        "whole": jpg, "trailer": jpg + b"\x00" * 64 + b"camera trailer",
+        "long_trailer": jpg + b"\x07" * 10_000, "cut": jpg[:-2], "half": jpg[: len(jpg) // 2],
+        "progressive": progressive, "progressive_cut": progressive[: len(progressive) * 2 // 3],
+        "thumbnail": jpg[:2] + thumbnail + jpg[2:], "thumbnail_cut": jpg[:2] + thumbnail + jpg[2: len(jpg) // 2],
+        "header_only": jpg[:20], "not_jpeg": b"\xff\xd8" + b"\x00" * 50,
+    }
+    for name, data in cases.items():
+        path = tmp_path / f"{name}.jpg"
+        path.write_bytes(data)
+        assert coco._jpeg_file_is_complete(path) == _jpeg_is_complete(data), name
+    assert coco._jpeg_file_is_complete(tmp_path / "long_trailer.jpg")
+    assert not coco._jpeg_file_is_complete(tmp_path / "thumbnail_cut.jpg")
 
 
 def test_link_to_the_images_folder_itself_is_fine(tmp_path):

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from detr_ft.errors import UserError
 
 MAX_LISTED_PROBLEMS = 10
 CHECK_THREADS = 4  # image checks are mostly file reads: threads overlap their waits
+CHECK_THREADS_FROM = 1000  # files; below this the checks run in the calling thread
 
 log = logging.getLogger("detr_ft")
 
@@ -166,18 +168,17 @@ def _is_id(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and -2**63 <= v < 2**63
 
 
-def _jpeg_is_complete(data: bytes) -> bool:
-    """True when a JPEG stream has an end-of-image marker after its first scan.
+def _jpeg_scan_start(data: bytes) -> int | None:
+    """Offset of the first scan's entropy-coded data in a JPEG stream's leading bytes.
 
-    Walks the marker segments from the start (so an EXIF thumbnail's own
-    end marker is skipped over) to the first start-of-scan, then looks for
-    ``FF D9``: inside entropy-coded data ``FF`` is always followed by ``00`` or
-    a restart marker, so the end marker is found only if the file reaches it.
+    Walks the marker segments from the start (so an EXIF thumbnail's own end
+    marker is skipped over) to the first start-of-scan. -1 when the stream is
+    not well formed (or ends) before it; None when ``data`` runs out first.
     """
     pos, n = 2, len(data)
     while pos + 4 <= n:
         if data[pos] != 0xFF:
-            return False
+            return -1
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
@@ -186,26 +187,75 @@ def _jpeg_is_complete(data: bytes) -> bool:
             pos += 2
             continue
         if marker == 0xD9:
-            return False
+            return -1
         length = int.from_bytes(data[pos + 2:pos + 4], "big")
         if marker == 0xDA:
-            return data.find(b"\xff\xd9", pos + 2 + length) != -1
+            return pos + 2 + length
         pos += 2 + length
-    return False
+    return None
 
 
-def check_image_file(images_dir: Path, file_name: str) -> str | None:
+def _jpeg_is_complete(data: bytes) -> bool:
+    """True when a JPEG stream has an end-of-image marker after its first scan.
+
+    Inside entropy-coded data ``FF`` is always followed by ``00`` or a restart
+    marker, so ``FF D9`` after the first scan starts is found only if the file
+    reaches its end marker.
+    """
+    scan = _jpeg_scan_start(data)
+    return scan is not None and scan >= 0 and data.find(b"\xff\xd9", scan) != -1
+
+
+JPEG_HEAD_BYTES = 1 << 16  # marker segments before the first scan (EXIF included) fit in this, as a rule
+JPEG_TAIL_BYTES = 1 << 12
+
+
+def _jpeg_file_is_complete(path: Path) -> bool:
+    """``_jpeg_is_complete`` of a file, reading its head and its tail only where that settles it.
+
+    An end marker in the tail, after the first scan, is the end marker; only a
+    file with more than a few KB after it (or none) is read through.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(JPEG_HEAD_BYTES)
+        scan = _jpeg_scan_start(head)
+        if scan is None and size > len(head):
+            f.seek(0)
+            scan = _jpeg_scan_start(f.read())
+        if scan is None or scan < 0:
+            return False
+        tail_start = max(scan, size - JPEG_TAIL_BYTES)
+        f.seek(tail_start)
+        if f.read().find(b"\xff\xd9") != -1:
+            return True
+        if tail_start == scan:
+            return False
+        f.seek(scan)
+        return f.read().find(b"\xff\xd9") != -1
+
+
+def check_image_file(images_dir: Path, file_name: str, images_root: str | None = None) -> str | None:
     """Why ``images_dir/file_name`` cannot be used as an image, or None when it can.
 
     Checks, in order: the resolved path stays inside the images folder (no
     symlink out of it), the file exists and is a regular file, Pillow
     recognises it from its header, and it is complete (PNG: chunk CRCs up to
     IEND; JPEG: end marker after the scan; other formats: decoded in full).
+    ``images_root`` is ``os.path.realpath(images_dir)``, computed once by a caller
+    that checks many files.
     """
     path = images_dir / file_name
     try:
-        if not Path(os.path.realpath(path)).is_relative_to(Path(os.path.realpath(images_dir))):
-            return "is a link that leaves the images folder"
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            mode = None
+        # A plain file right in the folder cannot lead out of it; anything else is resolved.
+        if mode is None or stat.S_ISLNK(mode) or "/" in file_name or "\\" in file_name:
+            root = images_root or os.path.realpath(images_dir)
+            if not Path(os.path.realpath(path)).is_relative_to(Path(root)):
+                return "is a link that leaves the images folder"
         if not path.exists():
             return "image file missing"
         if not path.is_file():
@@ -215,7 +265,7 @@ def check_image_file(images_dir: Path, file_name: str) -> str | None:
             if fmt == "PNG":
                 im.verify()
             elif fmt == "JPEG":
-                if not _jpeg_is_complete(path.read_bytes()):
+                if not _jpeg_file_is_complete(path):
                     return "truncated JPEG (no end-of-image marker)"
             else:
                 im.load()
@@ -328,8 +378,20 @@ def load_index(data_dir: Path, split: str, on_bad_data: str = "error",
 
     # The files of the structurally sound images: missing, not images, truncated, links out.
     ids = list(images)
-    with ThreadPoolExecutor(max_workers=min(CHECK_THREADS, max(1, len(ids)))) as pool:
-        file_problems = list(pool.map(lambda i: check_image_file(images_dir, images[i]["file_name"]), ids))
+    root = os.path.realpath(images_dir)
+
+    def check(chunk: list[int]) -> list[str | None]:
+        return [check_image_file(images_dir, images[i]["file_name"], root) for i in chunk]
+
+    # Threads overlap the waits of files read from disk or a network; for a few hundred files, most
+    # likely cached, they only contend for the GIL. One task per thread, not per file.
+    threads = CHECK_THREADS if len(ids) >= CHECK_THREADS_FROM else 1
+    chunks = [ids[k::threads] for k in range(min(threads, len(ids)))]
+    with ThreadPoolExecutor(max_workers=max(1, len(chunks))) as pool:
+        results = list(pool.map(check, chunks))
+    file_problems: list[str | None] = [None] * len(ids)
+    for k, chunk_result in enumerate(results):
+        file_problems[k::threads] = chunk_result
     for image_id, problem in zip(ids, file_problems):
         if problem:
             bad.append(f"image id {image_id} ({_show(images[image_id]['file_name'])}): {problem}")
