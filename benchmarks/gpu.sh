@@ -13,20 +13,12 @@
 #   bash benchmarks/gpu.sh > gpu.json     # PYTHON=..., BATCH=8 STEPS=10 IMAGES=100 WHAT=... COMPILE_WHAT=... WORK=DIR
 set -euo pipefail
 
-PYTHON="${PYTHON:-python}"
 BATCH="${BATCH:-8}"
 STEPS="${STEPS:-10}"
 IMAGES="${IMAGES:-100}"
 STATIC_COMPILE="${STATIC_COMPILE:-0}"
 WHAT="${WHAT:-train,static,infer,startup,data}"   # the eager run's benchmarks
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}"
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
-
-if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1; then
-  echo "benchmarks/gpu.sh: no CUDA device visible to $PYTHON (torch.cuda.is_available() is False); run it on an NVIDIA GPU machine with a CUDA build of torch, or run 'detr-ft bench' for the CPU figures" >&2
-  exit 2
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/cuda_env.sh"
 
 if [ -n "${WORK:-}" ]; then   # keep the records (and what a run cut short had written) in $WORK
   work="$WORK"; mkdir -p "$work"

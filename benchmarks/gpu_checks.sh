@@ -12,15 +12,7 @@
 #   bash benchmarks/gpu_checks.sh > gpu_checks.json        # PYTHON=... to pick the interpreter
 set -uo pipefail
 
-PYTHON="${PYTHON:-python}"
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}"
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
-
-if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1; then
-  echo "benchmarks/gpu_checks.sh: no CUDA device visible to $PYTHON; run it on an NVIDIA GPU machine" >&2
-  exit 2
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/cuda_env.sh"
 
 work="${WORK:-$(mktemp -d)}"
 mkdir -p "$work"

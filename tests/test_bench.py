@@ -185,12 +185,13 @@ def test_r50_architecture_trains_stages_2_to_4_on_both_sides():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the script runs the full GPU benchmark")
-def test_gpu_script_fails_clearly_without_cuda():
+@pytest.mark.parametrize("script", ["gpu.sh", "gpu_checks.sh"])
+def test_gpu_script_fails_clearly_without_cuda(script):
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], capture_output=True, text=True, env=env,
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / script)], capture_output=True, text=True, env=env,
                           timeout=120)
     assert done.returncode == 2
-    assert "CUDA" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert f"{script}: no CUDA device" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert done.stdout == ""
 
 
