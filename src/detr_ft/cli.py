@@ -316,6 +316,8 @@ def configure_logging(debug: bool) -> None:
 
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        # detr-ft writes config.yaml into the output dir first, and resumes there on purpose
+        warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
         try:
             import transformers
 
