@@ -217,6 +217,41 @@ def test_collator_normalises_exactly_as_before():
     assert batch.pixel_values.dtype == torch.float32 and batch.pixel_mask.dtype == torch.long
 
 
+def _collate_samples():
+    from detr_ft.data.batching import Collator
+    from detr_ft.data.dataset import Sample
+
+    g = torch.Generator().manual_seed(1)
+    samples = [Sample(torch.randint(0, 256, (3, 24 - 4 * i, 16 + 6 * i), generator=g, dtype=torch.uint8),
+                      torch.rand(i + 1, 4, generator=g), torch.arange(i + 1), i, (10, 10)) for i in range(3)]
+    return Collator((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), canvases=[(32, 32)], buckets=[4], fill_to=4), samples
+
+
+class _CollateInWorker(torch.utils.data.Dataset):
+    """Collates in a DataLoader worker; says whether the canvas was made in shared memory there."""
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        collate, samples = _collate_samples()
+        batch = collate(samples)
+        return batch, batch.pixel_values.is_shared() and batch.pixel_mask.is_shared()
+
+
+def test_worker_batches_are_made_in_shared_memory_and_equal_the_main_process_batch():
+    """A worker builds its canvas in shared memory (no copy when it is handed over); the batch is the same."""
+    from dataclasses import fields
+
+    collate, samples = _collate_samples()
+    here = collate(samples)
+    assert not here.pixel_values.is_shared()  # outside a worker: ordinary memory
+    (there, shared_in_worker), = list(torch.utils.data.DataLoader(_CollateInWorker(), batch_size=None, num_workers=1))
+    assert shared_in_worker
+    for f in fields(here):
+        assert torch.equal(getattr(here, f.name), getattr(there, f.name)), f.name
+
+
 def test_predict_batches_by_orientation_and_keeps_the_order_given(tmp_path):
     """Detector.predict groups similar shapes into a batch (a landscape and a portrait image
     would pad each other to a square) and returns the results in the order of the input."""

@@ -7,10 +7,12 @@ objects are real, so padding changes nothing by construction.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 # A padded object slot holds this box: finite and non-degenerate, so that any
 # cost or loss computed on it stays finite (it is masked out afterwards anyway).
@@ -118,8 +120,9 @@ class Collator:
         H, W = self.canvas_for([tuple(s.image.shape[1:]) for s in samples])
         max_count = max(len(s.labels) for s in samples)
         T = bucket_size(max_count, self.buckets) if self.buckets else max(max_count, 1)
-        pixel_values = np.zeros((b, 3, H, W), dtype=np.float32)
-        pixel_mask = np.zeros((b, H, W), dtype=np.int64)
+        pixel_tensor = zeros_to_hand_over((b, 3, H, W), torch.float32)
+        mask_tensor = zeros_to_hand_over((b, H, W), torch.int64)
+        pixel_values, pixel_mask = pixel_tensor.numpy(), mask_tensor.numpy()  # views: filled in place
         labels = torch.zeros(b, T, dtype=torch.long)
         boxes = torch.tensor(PAD_BOX, dtype=torch.float32).repeat(b, T, 1)
         valid = torch.zeros(b, T, dtype=torch.bool)
@@ -137,14 +140,30 @@ class Collator:
             valid[i, :n] = True
         blanks = b - len(samples)
         return Batch(
-            pixel_values=torch.from_numpy(pixel_values),
-            pixel_mask=torch.from_numpy(pixel_mask),
+            pixel_values=pixel_tensor,
+            pixel_mask=mask_tensor,
             labels=labels,
             boxes=boxes,
             valid=valid,
             image_ids=torch.tensor([s.image_id for s in samples] + [-1] * blanks, dtype=torch.long),
             orig_sizes=torch.tensor([s.orig_size for s in samples] + [(1, 1)] * blanks, dtype=torch.long),
         )
+
+
+def zeros_to_hand_over(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zero tensor; in a DataLoader worker, made in shared memory.
+
+    A worker hands its batch to the main process through shared memory: a tensor
+    made elsewhere is copied there first (a canvas batch is tens of MB), one made
+    there is handed over as it is — the way PyTorch's own ``default_collate`` does it.
+    """
+    if get_worker_info() is None:
+        return torch.zeros(shape, dtype=dtype)
+    try:
+        storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+    except (AttributeError, RuntimeError):  # a torch without it: the copy happens, nothing else changes
+        return torch.zeros(shape, dtype=dtype)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape).zero_()
 
 
 def padded_pixel_fraction(sizes: list[tuple[int, int]], canvases: list[tuple[int, int]]) -> float:
