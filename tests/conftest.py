@@ -34,3 +34,19 @@ def trained_run(synthetic_dir, tmp_path_factory) -> Path:
                "--batch-size", "8", "--num-workers", "0", "--output-dir", str(out), "--max-inf-frames", "2"])
     assert rc == 0
     return out
+
+
+@pytest.fixture
+def torch_load_weights_only(monkeypatch) -> list:
+    """Spies on ``torch.load``: the list of its calls' ``weights_only`` arguments, in order."""
+    import torch
+
+    seen: list = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    return seen

@@ -326,20 +326,12 @@ def test_checkpoint_that_would_run_code_is_refused(command, evil_ckpt, synthetic
     assert marker.exists()
 
 
-def test_lightning_resume_path_loads_with_weights_only(trained_run, monkeypatch):
+def test_lightning_resume_path_loads_with_weights_only(trained_run, torch_load_weights_only):
     """trainer.fit(ckpt_path=...) reads through AtomicCheckpointIO -> load_checkpoint (weights_only=True)."""
     from detr_ft.checkpoint import AtomicCheckpointIO
 
-    seen = []
-    real_load = torch.load
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs.get("weights_only"))
-        return real_load(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "load", spy)
     ckpt = AtomicCheckpointIO().load_checkpoint(trained_run / "last.ckpt", weights_only=False)
-    assert "state_dict" in ckpt and "optimizer_states" in ckpt and seen == [True]
+    assert "state_dict" in ckpt and "optimizer_states" in ckpt and torch_load_weights_only == [True]
 
 
 def test_export_writes_safetensors_only(trained_run, tmp_path):

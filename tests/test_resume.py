@@ -171,20 +171,12 @@ def test_truncated_or_corrupt_checkpoint_is_a_clear_error(how, command, trained_
 
 
 def test_resume_removes_half_written_temporaries_and_reads_weights_only(trained_run, synthetic_dir, tmp_path,
-                                                                       monkeypatch):
+                                                                       torch_load_weights_only):
     """A run killed during a save leaves '.last.ckpt.XXXX.tmp'; resuming ignores and removes it. Every
     checkpoint read of the resume (detr-ft's check and Lightning's own restore) is weights_only."""
     from detr_ft.train import fit
 
-    weights_only = []
-    real_load = torch.load
-
-    def spy(*args, **kwargs):
-        weights_only.append(kwargs.get("weights_only"))
-        return real_load(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "load", spy)
-
+    weights_only = torch_load_weights_only
     out = tmp_path / "run"
     out.mkdir()
     (out / "last.ckpt").write_bytes((trained_run / "last.ckpt").read_bytes())
