@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -94,6 +93,8 @@ def evaluate_in_child(ckpt: Path, root: Path, split: str, out: Path, batch_size:
 
 
 def main() -> None:
+    from detr_ft.devices import machine_facts
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--small", type=int, default=200, help="the smaller evaluation to compare with")
@@ -119,7 +120,7 @@ def main() -> None:
         "peak_growth_mb": round(grown, 1),
         "peak_growth_kb_per_image": round(grown * 1024 / max(1, full["images"] - small["images"]), 2),
         "setup_seconds": round(setup_s, 1),
-        "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "python": platform.python_version()},
+        "machine": machine_facts(),
         "workdir": str(work),
     }, indent=1))
 

@@ -34,7 +34,7 @@ detr predict --ckpt-path "$work/train/last.ckpt" --data-dir "$work/data" --devic
 import json, sys
 from pathlib import Path
 
-import torch
+from detr_ft.devices import machine_facts
 
 work = Path(sys.argv[1])
 train_rc, ddp_rc, plain_rc, graphs_rc = map(int, sys.argv[2:6])
@@ -66,9 +66,7 @@ if plain_rc == 0 and graphs_rc == 0:
         a[0] == b[0] and a[1] == b[1] and abs(a[2] - b[2]) < 1e-3
         and max(abs(x - y) for x, y in zip(a[3], b[3])) < 0.5 for a, b in zip(plain, replay))
     graphs.update(detections=len(plain), same_as_plain=same, ok=same)
-report = {"machine": {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
-                      "transformers": __import__("transformers").__version__,
-                      "lightning": __import__("lightning").__version__},
+report = {"machine": {**machine_facts(), "lightning": __import__("lightning").__version__},
           "train": run_facts("train", train_rc, True), "ddp": run_facts("ddp", ddp_rc, False), "cuda_graphs": graphs}
 report["ok"] = all(report[k]["ok"] for k in ("train", "ddp", "cuda_graphs"))
 print(json.dumps(report, indent=1))

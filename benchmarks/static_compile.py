@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from detr_ft.cli import configure_logging
     from detr_ft.config import TrainConfig
     from detr_ft.data.synthetic import SyntheticSpec, generate
+    from detr_ft.devices import machine_facts
     from detr_ft.model.build import build_model
 
     configure_logging(debug=False)
@@ -99,10 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     warmup_dynamic = [run["first_epoch_s"] - run["steady_epoch_s"] for run in runs[dyn]]
     compile_s = [run["first_epoch_s"] - run["steady_epoch_s"] - min(warmup_dynamic) for run in runs[sta]]
     report = {
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "transformers": __import__("transformers").__version__,
-                    "load_average": [round(x, 2) for x in os.getloadavg()],
-                    "date": time.strftime("%Y-%m-%d %H:%M %Z")},
+        "machine": machine_facts(),
         "setup": {"model": "detr-tiny", "image": f"{side}x{side}", "batch": 16, "train_images": args.train,
                   "epochs": args.epochs, "rounds": args.rounds},
         "images_per_second": {dyn: round(best(dyn, "steady_images_per_second"), 2),

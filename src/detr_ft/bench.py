@@ -46,7 +46,6 @@ import io
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -867,25 +866,6 @@ def bench_memory(task: str, ws: Workspace, cfg: BenchConfig, device, export_dir:
 # -- running and reporting ------------------------------------------------------------------
 
 
-def machine() -> dict:
-    """Where the figures come from: processor, cores, load, versions, date."""
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def quiet_progress_bars() -> None:
     """No per-file 'Loading weights' bars from transformers between the table's lines."""
     with contextlib.suppress(ImportError, AttributeError):
@@ -898,6 +878,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
     """Run the benchmarks ``cfg.what``; returns (records, notes, environment: the machine
     before and after, and every timed step's seconds)."""
     from detr_ft.detector import pick_device
+    from detr_ft.devices import machine_facts
 
     cfg = cfg.resolved()
     device = pick_device(cfg.device)
@@ -906,7 +887,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
         torch.set_num_threads(cfg.threads)
     if cfg.compile and device.type == "cpu":
         log("note: --compile on a CPU compiles with inductor's C++ back end; the first steps take minutes")
-    env = {"before": machine()}
+    env = {"before": machine_facts()}
     records: list[Record] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="detr-ft-bench-") as tmp:
@@ -948,7 +929,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
                          "libraries, model, data and the run itself)")
         notes.append(f"wall time {time.perf_counter() - started:.0f} s")
         env["samples_seconds"] = ws.samples
-    env["after"] = machine()
+    env["after"] = machine_facts()
     return records, notes, env
 
 

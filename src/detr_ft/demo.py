@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -61,12 +60,12 @@ class Timeline(L.Callback):
 
 
 def machine() -> dict:
-    """What the demo ran on: CPU count, torch threads, load averages (other processes share the CPUs)."""
-    import torch
+    """What the demo ran on (``devices.machine_facts``), the core count as ``cpus``."""
+    from detr_ft.devices import machine_facts
 
-    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": platform.processor()
-            or platform.machine(), "load_average": [round(x, 2) for x in os.getloadavg()],
-            "torch": torch.__version__, "transformers": __import__("transformers").__version__}
+    facts = machine_facts()
+    facts["cpus"] = facts.pop("cores")
+    return facts
 
 
 def run_demo(out_dir: Path, minutes: float = 10.0) -> dict:

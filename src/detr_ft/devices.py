@@ -12,7 +12,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,3 +85,22 @@ def accelerate_inference(model: torch.nn.Module, device: torch.device, cuda_grap
             raise UserError("--cuda-graphs needs a CUDA device (--device cuda)")
         model.model.compile(mode="reduce-overhead", dynamic=False)
     return model
+
+
+def machine_facts() -> dict:
+    """Where a figure comes from: processor, cores, torch threads, load average, versions, date (and GPU)."""
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info

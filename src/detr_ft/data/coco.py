@@ -385,13 +385,14 @@ def load_index(data_dir: Path, split: str, on_bad_data: str = "error",
 
     # Threads overlap the waits of files read from disk or a network; for a few hundred files, most
     # likely cached, they only contend for the GIL. One task per thread, not per file.
-    threads = CHECK_THREADS if len(ids) >= CHECK_THREADS_FROM else 1
-    chunks = [ids[k::threads] for k in range(min(threads, len(ids)))]
-    with ThreadPoolExecutor(max_workers=max(1, len(chunks))) as pool:
-        results = list(pool.map(check, chunks))
-    file_problems: list[str | None] = [None] * len(ids)
-    for k, chunk_result in enumerate(results):
-        file_problems[k::threads] = chunk_result
+    if len(ids) < CHECK_THREADS_FROM:
+        file_problems = check(ids)
+    else:
+        with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:
+            results = list(pool.map(check, [ids[k::CHECK_THREADS] for k in range(CHECK_THREADS)]))
+        file_problems = [None] * len(ids)
+        for k, chunk_result in enumerate(results):
+            file_problems[k::CHECK_THREADS] = chunk_result
     for image_id, problem in zip(ids, file_problems):
         if problem:
             bad.append(f"image id {image_id} ({_show(images[image_id]['file_name'])}): {problem}")
