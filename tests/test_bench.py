@@ -172,6 +172,25 @@ def test_trivial_loss_reaches_every_output_without_matching():
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in tensors)
 
 
+def test_a_lone_side_holds_one_model_and_starts_where_the_pair_does():
+    """The peak-RSS children build one side only; its weights are the shared initial state."""
+    from detr_ft.bench import BenchConfig, Sides
+    from detr_ft.data.coco import Categories
+    from detr_ft.model.build import build_model
+
+    cfg = BenchConfig(model="detr-tiny").resolved()
+    cats = Categories((1, 2), ("a", "b"))
+    resize = build_model("detr-tiny", cats.id2label).resize
+    both = Sides(cfg, cats, resize, torch.device("cpu"))
+    for side in ("ours", "stock"):
+        alone = Sides(cfg, cats, resize, torch.device("cpu"), only=side)
+        assert list(alone.networks()) == [side] and alone.initial is None
+        assert list(alone.reset()) == [side]
+        mine, paired = alone.networks()[side].state_dict(), both.networks()[side].state_dict()
+        assert all(torch.equal(mine[k], paired[k]) for k in paired)
+    assert list(both.networks()) == list(both.reset()) == ["ours", "stock", "bare"]
+
+
 def test_r50_architecture_trains_stages_2_to_4_on_both_sides():
     from detr_ft.bench import bench_model, trainable_backbone
 

@@ -60,6 +60,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from detr_ft.config import TrainConfig
 from detr_ft.errors import UserError
 
 BENCHMARKS = ("train", "static", "infer", "startup", "data")
@@ -67,7 +68,7 @@ R50 = "detr-r50"  # the DETR-R50 architecture, random weights
 DEFAULT_IMAGE_SIZE = {"detr-tiny": 320, R50: 512}
 DEFAULT_BATCH_SIZE = {"detr-tiny": 16, R50: 2}
 DETR_LONG_OVER_SHORT = 1333 / 800  # DETR's resize: short side 800, long side at most 1333
-GRAD_CLIP = 0.1  # as the original example and detr-ft train
+GRAD_CLIP = TrainConfig.grad_clip  # detr-ft train's default, the original example's 0.1
 THRESHOLD = 0.5
 HIGHER_IS_BETTER = {"images/s"}
 
@@ -288,31 +289,47 @@ def clip_and_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
 
 
 class Sides:
-    """detr-ft's module, the stock model and a bare copy, all from one initial state."""
+    """detr-ft's module, the stock model and a bare copy, all from one initial state.
 
-    def __init__(self, cfg: BenchConfig, categories, resize, device: torch.device):
+    ``only="ours"`` or ``"stock"`` builds that side alone (the peak-RSS children:
+    one model in memory, as a user's run has).
+    """
+
+    def __init__(self, cfg: BenchConfig, categories, resize, device: torch.device, only: str | None = None):
         from detr_ft.engine import DetrModule, OptimConfig
         from detr_ft.model.build import ModelBundle
 
         model, pretrained, self.note = bench_model(cfg.model, categories.id2label, cfg.seed)
         self.pretrained = pretrained
-        self.stock = copy.deepcopy(model).to(device)
-        self.bare = copy.deepcopy(model).to(device)
-        self.ours = DetrModule(ModelBundle(model, resize, "detr", pretrained), categories, OptimConfig()).to(device)
-        self.initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.stock = self.bare = self.ours = self.initial = None
+        if only in (None, "stock"):
+            self.stock = (model if only else copy.deepcopy(model)).to(device)
+        if only is None:
+            self.bare = copy.deepcopy(model).to(device)
+            self.initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if only in (None, "ours"):
+            self.ours = DetrModule(ModelBundle(model, resize, "detr", pretrained), categories, OptimConfig()).to(device)
         if cfg.compile:  # the network, as detr-ft train --compile does; the losses stay eager
-            for m in (self.ours.model, self.stock, self.bare):
+            for m in self.networks().values():
                 m.model.compile(dynamic=False)
         self.device = device
         self.amp = lambda: autocast(device, cfg.precision)
 
+    def networks(self) -> dict[str, nn.Module]:
+        """The transformers model of each side built."""
+        found = {"ours": self.ours.model if self.ours is not None else None, "stock": self.stock, "bare": self.bare}
+        return {name: m for name, m in found.items() if m is not None}
+
     def reset(self) -> dict[str, torch.optim.Optimizer]:
-        """Every model back to the initial weights; fresh optimizers (detr-ft's own for ours)."""
-        with torch.no_grad():
-            for m in (self.ours.model, self.stock, self.bare):
-                for k, v in m.state_dict().items():
-                    v.copy_(self.initial[k])
-        return {"ours": self.ours.configure_optimizers(), "stock": adamw(self.stock), "bare": adamw(self.bare)}
+        """Every model back to the initial weights (a lone side is still at them); fresh optimizers
+        (detr-ft's own for ours)."""
+        networks = self.networks()
+        if self.initial is not None:
+            with torch.no_grad():
+                for m in networks.values():
+                    for k, v in m.state_dict().items():
+                        v.copy_(self.initial[k])
+        return {name: self.ours.configure_optimizers() if name == "ours" else adamw(m) for name, m in networks.items()}
 
     def our_step(self, optimizer, batch) -> None:
         with self.amp():
@@ -504,9 +521,6 @@ class Workspace:
         self.auto_canvases = [(self.resize.shortest, self.resize.longest), (self.resize.longest, self.resize.shortest)]
         self.square_canvas = self.resize.max_canvas
 
-    def subset(self, n: int):
-        return replace(self.index, records=self.index.records[:n])
-
     def warm_page_cache(self) -> None:
         for r in self.index.records:
             self.index.image_path(r).read_bytes()
@@ -667,11 +681,13 @@ def make_export(ws: Workspace, cfg: BenchConfig) -> Path:
     """A Hugging Face directory written by ``detr-ft export`` from a checkpoint of the bench model."""
     from detr_ft.export import export
 
+    from detr_ft.engine import DetrModule, OptimConfig
+    from detr_ft.model.build import ModelBundle
+
     model, pretrained, _ = bench_model(cfg.model, ws.categories.id2label, cfg.seed)
-    ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-            "detr_ft": {"model_config": model.config.to_dict(), "categories": ws.categories.to_dict(),
-                        "family": "detr", "pretrained": pretrained, "resize": asdict(ws.resize),
-                        "trainable_batch_norm": not pretrained}}
+    module = DetrModule(ModelBundle(model, ws.resize, "detr", pretrained), ws.categories, OptimConfig())
+    ckpt = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(ckpt)  # the model description detr-ft train writes
     path = ws.root / "bench.ckpt"
     torch.save(ckpt, path)
     return export(str(path), ws.root / "export")
@@ -806,7 +822,7 @@ def _rss_child(task: str, side: str, cfg_dict: dict, root: str, export_dir: str 
         device = torch.device(cfg.device)
         ws = Workspace(cfg, Path(root))
         if task == "train":
-            sides = Sides(cfg, ws.categories, ws.resize, device)
+            sides = Sides(cfg, ws.categories, ws.resize, device, only=side)
             batch = ws.train_batch().to(device)
             opt = sides.reset()
             labels = stock_labels(batch.targets(), device)

@@ -94,13 +94,17 @@ def _first_line(e: BaseException) -> str:
     return lines[0][:160] if lines else type(e).__name__
 
 
-def model_from_checkpoint(path: Path):
-    """Rebuild (model, resize, categories, family) from a detr-ft checkpoint, in eval mode."""
+def model_from_checkpoint(path: Path, ckpt: dict | None = None):
+    """Rebuild (model, resize, categories, family) from a detr-ft checkpoint, in eval mode.
+
+    ``ckpt``: the checkpoint at ``path`` when the caller has already read it (``load_checkpoint``).
+    """
     from transformers import AutoConfig
 
     from detr_ft.model.build import model_from_config, unfreeze_batch_norm
 
-    ckpt = load_checkpoint(path)
+    if ckpt is None:
+        ckpt = load_checkpoint(path)
     info = ckpt.get("detr_ft")
     if not isinstance(info, dict):
         raise UserError(f"checkpoint {path} was not written by detr-ft train (no model description in it)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -68,11 +67,13 @@ def compilations(model: torch.nn.Module) -> int:
 
 def warm_start_bundle(cfg: TrainConfig, categories) -> ModelBundle:
     """--use-ckpt --ckpt-path P: start from the weights of a detr-ft checkpoint."""
-    model, resize, ckpt_categories, family = model_from_checkpoint(Path(cfg.ckpt_path).expanduser())
+    path = Path(cfg.ckpt_path).expanduser()
+    ckpt = load_checkpoint(path)
+    model, resize, ckpt_categories, family = model_from_checkpoint(path, ckpt)
     if ckpt_categories != categories:
         raise UserError(f"--ckpt-path {cfg.ckpt_path}: its classes {list(ckpt_categories.names)} differ from "
                         f"the dataset's {list(categories.names)}")
-    info = load_checkpoint(Path(cfg.ckpt_path).expanduser())["detr_ft"]
+    info = ckpt["detr_ft"]
     model.train()
     set_backbone_trainable(model, pretrained=bool(info.get("pretrained")))
     return ModelBundle(model, resize, family, pretrained=bool(info.get("pretrained")))
@@ -83,11 +84,6 @@ def run_train(cfg: TrainConfig) -> dict | None:
     (None in the other processes of a multi-process run)."""
     trainer, _, summary = fit(cfg)
     return summary if trainer.is_global_zero else None
-
-
-def launched_as_rank_zero() -> bool:
-    """False in the worker processes that Lightning's DDP launcher starts (before any process group)."""
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
 def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
@@ -174,7 +170,7 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
         sync_batchnorm=cfg.devices * cfg.num_nodes > 1 and not bundle.pretrained and cfg.device in ("cuda", "auto")
         and torch.cuda.is_available(),
     )
-    if launched_as_rank_zero():
+    if trainer.is_global_zero:  # the Trainer knows its rank once built (torchrun, SLURM, its own launcher)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     started = time.perf_counter()
     try:

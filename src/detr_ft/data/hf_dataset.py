@@ -29,7 +29,7 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from detr_ft.data.coco import (MAX_LISTED_PROBLEMS, Categories, CocoIndex, DataReport, ImageRecord,
-                               _clean_boxes)
+                               _clean_boxes, _is_id, _is_number)
 from detr_ft.data.transforms import to_rgb
 from detr_ft.errors import UserError
 
@@ -125,10 +125,6 @@ def _objects(objects) -> tuple[list, list]:
     return [o.get("bbox") for o in objects], [o.get("category") for o in objects]
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 @dataclass
 class HfIndex(CocoIndex):
     """A ``CocoIndex`` whose pixels come from a 🤗 datasets split, one row at a time.
@@ -164,7 +160,7 @@ def _image_sizes(dataset) -> list[tuple[int, int]]:
 
 def _row_problem(image_id, width, height, bboxes, labels, seen_ids, cat_index) -> str | None:
     """Why a row cannot be used, or None."""
-    if not isinstance(image_id, int) or isinstance(image_id, bool):
+    if not _is_id(image_id):
         return "image_id is not an integer"
     if image_id in seen_ids:
         return "duplicate image_id"
