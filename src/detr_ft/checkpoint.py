@@ -40,12 +40,23 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO: atomic writes, ``weights_only`` reads."""
+    """Lightning checkpoint IO: atomic writes, ``weights_only`` reads.
+
+    ``already_read=(path, checkpoint)``: a checkpoint the caller has read and checked
+    (``--resume``); Lightning's restore gets it without reading the file again.
+    """
+
+    def __init__(self, already_read: tuple[Path, dict] | None = None):
+        super().__init__()
+        self._already_read = already_read
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         atomic_torch_save(checkpoint, Path(path))
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        if self._already_read is not None and Path(path) == Path(self._already_read[0]):
+            checkpoint, self._already_read = self._already_read[1], None  # handed over once, then let go
+            return checkpoint
         return load_checkpoint(Path(path), map_location="cpu")
 
 

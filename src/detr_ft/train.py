@@ -141,12 +141,16 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
     throughput = Throughput()
     callbacks += [throughput, StepSeed(cfg.seed), *extra_callbacks]
     resume_from = keep_until = None
+    checkpoint_io = AtomicCheckpointIO()
     if cfg.resume:
         resume_from = newest_checkpoint(out)
         if resume_from is None:
             raise UserError(f"--resume: no checkpoint in {out} to continue from; drop --resume to start afresh")
         # a clear error if truncated, corrupt, unsafe, or written for another model
-        keep_until = resume_point(resume_from, load_checkpoint(resume_from), module)
+        checkpoint = load_checkpoint(resume_from)
+        keep_until = resume_point(resume_from, checkpoint, module)
+        checkpoint_io = AtomicCheckpointIO(already_read=(resume_from, checkpoint))
+        del checkpoint
         remove_stale_temporaries(out)
         print(f"resuming from {resume_from} (epoch {keep_until[0]}, step {keep_until[1]})")
     loggers = [ContinuingCSVLogger(out, keep_until=keep_until)]
@@ -165,7 +169,7 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
         use_distributed_sampler=False,  # detr-ft's samplers shard themselves (data/sampling.py)
         logger=loggers, callbacks=callbacks, log_every_n_steps=1, num_sanity_val_steps=0,
         limit_val_batches=0 if cfg.train_only else None, enable_model_summary=False,
-        default_root_dir=out, plugins=[AtomicCheckpointIO(), *device.plugins],
+        default_root_dir=out, plugins=[checkpoint_io, *device.plugins],
         # trainable batch norm (random-init presets) sees the global batch on GPUs
         sync_batchnorm=cfg.devices * cfg.num_nodes > 1 and not bundle.pretrained and cfg.device in ("cuda", "auto")
         and torch.cuda.is_available(),
