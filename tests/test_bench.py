@@ -214,26 +214,37 @@ def test_gpu_script_fails_clearly_without_cuda(script):
     assert done.stdout == ""
 
 
-def test_collator_normalises_exactly_as_before():
-    """The numpy canvas of the collate gives bit-for-bit ``(x - mean) / std`` and zero padding."""
+def test_collator_hands_over_uint8_and_ready_normalises_exactly(monkeypatch):
+    """The collate's canvas holds the uint8 pixels and zero padding, every element written (its
+    memory starts as garbage here), blank images included; ``ready()`` gives bit-for-bit
+    ``(x - mean) / std`` with zero padding, as the image processor's normalise-then-pad does."""
+    from detr_ft.data import batching
     from detr_ft.data.batching import Collator
     from detr_ft.data.dataset import Sample
+
+    made = batching.empty_to_hand_over
+    monkeypatch.setattr(batching, "empty_to_hand_over", lambda shape, dtype: made(shape, dtype).fill_(7))
 
     g = torch.Generator().manual_seed(0)
     samples = [Sample(torch.randint(0, 256, (20 + 5 * i, 30 - 3 * i, 3), generator=g, dtype=torch.uint8)
                       .permute(2, 0, 1), torch.rand(i, 4), torch.zeros(i, dtype=torch.long), i, (10, 10))
                for i in range(3)]
     c = Collator((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), canvases=[(40, 40)], fill_to=4)
-    batch = c(samples)
+    raw = c(samples)
+    assert raw.pixel_values.dtype == torch.uint8 and raw.pixel_mask.dtype == torch.bool
+    batch = raw.ready("cpu")
+    assert batch.norm is None and batch.ready("cpu").pixel_values is batch.pixel_values  # normalised once
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1) * 255
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) * 255
     for i, s in enumerate(samples):
         _, h, w = s.image.shape
+        assert torch.equal(raw.pixel_values[i, :, :h, :w], s.image)
         assert torch.equal(batch.pixel_values[i, :, :h, :w], (s.image.float() - mean) / std)
-        assert batch.pixel_values[i, :, h:].abs().sum() == 0 and batch.pixel_values[i, :, :, w:].abs().sum() == 0
-        assert batch.pixel_mask[i].sum() == h * w
+        for pixels in (raw.pixel_values, batch.pixel_values):
+            assert pixels[i, :, h:].abs().sum() == 0 and pixels[i, :, :, w:].abs().sum() == 0
+        assert batch.pixel_mask[i].sum() == h * w and batch.pixel_mask[i, :h, :w].all()
     assert batch.pixel_values[3].abs().sum() == 0 and batch.pixel_mask[3].sum() == 0
-    assert batch.pixel_values.dtype == torch.float32 and batch.pixel_mask.dtype == torch.long
+    assert batch.pixel_values.dtype == torch.float32
 
 
 def _collate_samples():

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from detr_ft.data.coco import load_index
@@ -145,3 +146,37 @@ def test_any_pillow_mode_loads_as_rgb(tmp_path, mode):
     im.save(path)
     out = load_image(path)
     assert out.mode == "RGB" and out.size == (20, 10)
+
+
+@pytest.mark.parametrize("size", [(300, 200), (64, 48), (200, 300), (333, 517)])
+def test_resize_gives_pillows_bilinear_pixels(size):
+    """The uint8 torch resize the dataset uses: Pillow's BILINEAR result within one grey level,
+    shrinking and enlarging."""
+    from detr_ft.data.transforms import image_tensor
+
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 256, (30, 40, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 240 x 320
+    noisy = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    for pixels in (smooth, noisy):
+        image = Image.fromarray(pixels)
+        h, w = size
+        ours = image_tensor(image, (h, w)).permute(1, 2, 0).numpy().astype(int)
+        pillow = np.asarray(image.resize((w, h), Image.BILINEAR)).astype(int)
+        assert ours.shape == pillow.shape
+        assert np.abs(ours - pillow).max() <= 1 and abs(np.mean(ours - pillow)) < 0.3  # rounding only
+    assert torch.equal(image_tensor(image), torch.from_numpy(noisy).permute(2, 0, 1))  # no size: as it is
+
+
+def test_flip_mirrors_pixels_and_boxes_together(tmp_path):
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    pixels[5:15, 2:12] = 255  # a white block on the left
+    write_dataset(tmp_path, [{"id": 1, "file_name": "a.png", "width": 60, "height": 40}],
+                  [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [2, 5, 10, 10]}], CATS,
+                  pixels={"a.png": Image.fromarray(pixels)})
+    index = load_index(tmp_path, "train")
+    plain = DetectionDataset(index, ResizeSpec(40, 60))[0]
+    flipped = DetectionDataset(index, ResizeSpec(40, 60), train=True, hflip=1.0)[0]
+    assert torch.equal(flipped.image, plain.image.flip(-1))
+    assert flipped.boxes.tolist()[0] == pytest.approx([1 - 7 / 60, 10 / 40, 10 / 60, 10 / 40])
+    white = np.argwhere(flipped.image[0].numpy() > 128)
+    assert white[:, 1].min() == 48 and white[:, 1].max() == 57  # the block moved to the right, as the box did

@@ -130,6 +130,40 @@ def test_list_of_objects_plain_categories_and_no_size_columns(tmp_path):
     assert index.load_image(index.records[1]).size == (20, 50)
 
 
+def test_hf_images_are_sized_upright_and_a_broken_one_is_a_clear_error(tmp_path):
+    """Without size columns, an EXIF-rotated JPEG is sized as displayed (from its header); an
+    image whose header does not read is a bad row; one that does not decode is one UserError
+    naming its image_id."""
+    import io
+
+    from datasets import Dataset, DatasetDict, Features, Image as ImageFeature, Sequence, Value
+
+    from detr_ft.data.hf_dataset import load_hf_index
+    from detr_ft.errors import UserError
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter: 30 wide, 60 high
+    rotated = io.BytesIO()
+    Image.new("RGB", (60, 30), "red").save(rotated, format="JPEG", exif=exif.tobytes())
+    features = Features({"image": ImageFeature(), "objects": {"bbox": Sequence(Sequence(Value("float32"))),
+                                                              "category": Sequence(Value("int64"))}})
+    split = Dataset.from_dict({"image": [{"bytes": rotated.getvalue(), "path": None},
+                                         {"bytes": b"\xff\xd8 not really a JPEG", "path": None}],
+                               "objects": [{"bbox": [[1.0, 1.0, 5.0, 5.0]], "category": [0]},
+                                           {"bbox": [], "category": []}]}, features=features)
+    DatasetDict({"train": split}).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(UserError, match=r"1 bad row\(s\): row 1 \(image_id 1\): image not readable"):
+        load_hf_index(str(tmp_path / "ds"), "train")
+    index = load_hf_index(str(tmp_path / "ds"), "train", on_bad_data="skip")
+    assert [(r.width, r.height) for r in index.records] == [(30, 60)]
+    assert index.load_image(index.records[0]).size == (30, 60)
+    # a cell that breaks after indexing (here: swapped under the index) fails at decoding, as clearly
+    index.images = Dataset.from_dict({"image": [{"bytes": b"broken", "path": None}]},
+                                     features=Features({"image": ImageFeature(decode=False)}))
+    with pytest.raises(UserError, match="image of image_id 0: not a readable image"):
+        index.load_image(index.records[0])
+
+
 def test_bad_rows_error_or_skip(tmp_path):
     from datasets import Dataset, DatasetDict
 

@@ -50,7 +50,7 @@ def test_checkpoint_reload_gives_identical_predictions(synthetic_dir, tmp_path):
     detector = Detector.load(tmp_path / "last.ckpt", device="cpu")
     index = load_index(synthetic_dir, "test", categories=detector.categories)
     samples = [DetectionDataset(index, detector.resize)[i] for i in range(4)]
-    batch = Collator(detector.resize.mean, detector.resize.std)(samples)
+    batch = Collator(detector.resize.mean, detector.resize.std)(samples).ready("cpu")
     module.model.eval()
     with torch.no_grad():
         before = detection_outputs(module.model, batch.pixel_values, batch.pixel_mask, with_aux=False)

@@ -57,8 +57,8 @@ def test_object_padding_changes_nothing_end_to_end(synthetic_dir):
     module = DetrModule(bundle, index.categories, OptimConfig()).eval()
     ds = DetectionDataset(index, bundle.resize)
     samples = [ds[i] for i in range(4)]
-    tight = Collator(bundle.resize.mean, bundle.resize.std)(samples)
-    padded = Collator(bundle.resize.mean, bundle.resize.std, buckets=[12])(samples)
+    tight = Collator(bundle.resize.mean, bundle.resize.std)(samples).ready("cpu")
+    padded = Collator(bundle.resize.mean, bundle.resize.std, buckets=[12])(samples).ready("cpu")
     assert padded.labels.shape[1] == 12 > tight.labels.shape[1]
     a, b = module.compute_loss(tight), module.compute_loss(padded)
     for k in ("loss", "loss_ce", "loss_bbox", "loss_giou"):

@@ -527,18 +527,16 @@ class Workspace:
 
     def train_batch(self):
         """B images stretched to exactly H x W with their objects: the ``train`` batch."""
-        from PIL import Image
-
         from detr_ft.data.batching import Collator
         from detr_ft.data.dataset import Sample
-        from detr_ft.data.transforms import to_uint8_tensor, xywh_to_cxcywh_norm
+        from detr_ft.data.transforms import image_tensor, xywh_to_cxcywh_norm
 
         h, w = self.cfg.image_size
         samples = []
         for r in self.index.records[: self.cfg.batch_size]:
-            image = self.index.load_image(r).resize((w, h), Image.BILINEAR)
+            image = image_tensor(self.index.load_image(r), (h, w))
             boxes = xywh_to_cxcywh_norm(r.boxes, r.width, r.height)
-            samples.append(Sample(to_uint8_tensor(image), torch.from_numpy(boxes), torch.from_numpy(r.labels),
+            samples.append(Sample(image, torch.from_numpy(boxes), torch.from_numpy(r.labels),
                                   r.image_id, (h, w)))
         return Collator(self.resize.mean, self.resize.std, canvases=[(h, w)])(samples)
 
@@ -572,7 +570,7 @@ def forever(loader):
 
 
 def bench_train(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: list[str]) -> list[Record]:
-    batch = ws.train_batch().to(device)
+    batch = ws.train_batch().ready(device)
     labels = stock_labels(batch.targets(), device)
     opt = sides.reset()
     times = alternate({
@@ -608,11 +606,11 @@ def bench_static(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: l
     for portrait in (False, True):
         group = [i for i, r in enumerate(ws.index.records) if (r.height > r.width) == portrait]
         if len(group) >= cfg.batch_size:
-            sides.our_step(opt["ours"], collator([dataset[i] for i in group[: cfg.batch_size]]).to(device))
+            sides.our_step(opt["ours"], collator([dataset[i] for i in group[: cfg.batch_size]]).ready(device))
 
     def ours():
         batch: Batch = next(ours_it)
-        sides.our_step(opt["ours"], batch.to(device, non_blocking=True))
+        sides.our_step(opt["ours"], batch.ready(device, non_blocking=True))
 
     def stock():
         b = next(stock_it)
@@ -641,7 +639,8 @@ def bench_data(ws: Workspace, cfg: BenchConfig, device, notes: list[str]) -> lis
         ours_loader = ws.our_loader(ws.index, workers, compute_buckets(counts, 1), shuffle=True, drop_last=False)
         stock_loader = ws.stock_loader(processor, None, workers, stock_buckets(counts, 1), shuffle=True,
                                        drop_last=False)
-        times = alternate({"ours": lambda: sum(len(b) for b in ours_loader),
+        # ours normalises in ready() (on the device in training): counted here, on the CPU
+        times = alternate({"ours": lambda: sum(len(b.ready("cpu")) for b in ours_loader),
                            "stock": lambda: sum(len(b["pixel_values"]) for b in stock_loader)},
                           cfg.rounds, 1, torch.device("cpu"))
         del ours_loader, stock_loader  # their worker processes end here
@@ -761,7 +760,7 @@ def bench_latency(ws: Workspace, cfg: BenchConfig, device, detector, pipe, notes
     record = next((r for r in ws.index.records if r.width >= r.height), ws.index.records[0])
     canvas = ws.auto_canvases[0] if record.width >= record.height else ws.auto_canvases[1]
     detector.use_canvas(canvas)
-    batch = detector.collator([detector.sample(ws.index.load_image(record))]).to(device)
+    batch = detector.collator([detector.sample(ws.index.load_image(record))]).ready(device)
     pv, pm, sizes = batch.pixel_values, batch.pixel_mask, batch.orig_sizes
     mode = latency_compile_mode(device)
     if cfg.compile:
@@ -823,7 +822,7 @@ def _rss_child(task: str, side: str, cfg_dict: dict, root: str, export_dir: str 
         ws = Workspace(cfg, Path(root))
         if task == "train":
             sides = Sides(cfg, ws.categories, ws.resize, device, only=side)
-            batch = ws.train_batch().to(device)
+            batch = ws.train_batch().ready(device)
             opt = sides.reset()
             labels = stock_labels(batch.targets(), device)
             for _ in range(cfg.warmup + 2):

@@ -24,7 +24,7 @@ from PIL import Image
 from detr_ft.data.batching import Collator
 from detr_ft.data.coco import Categories
 from detr_ft.data.dataset import Sample
-from detr_ft.data.transforms import ResizeSpec, load_image, resize, to_rgb, to_uint8_tensor
+from detr_ft.data.transforms import ResizeSpec, displayed_size, load_image, resized_tensor, to_rgb
 from detr_ft.errors import UserError
 from detr_ft.model.outputs import detection_outputs
 from detr_ft.model.postprocess import Detections, postprocess
@@ -89,13 +89,12 @@ class Detector:
 
     def sample(self, image: Image.Image, image_id: int = 0) -> Sample:
         image = to_rgb(image)
-        resized = resize(image, self.resize)
-        return Sample(to_uint8_tensor(resized), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), image_id,
+        return Sample(resized_tensor(image, self.resize), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), image_id,
                       (image.height, image.width))
 
     @torch.inference_mode()
     def detect_samples(self, samples: list[Sample], threshold: float = 0.0) -> list[Detections]:
-        batch = self.collator(samples).to(self.device, non_blocking=True)
+        batch = self.collator(samples).ready(self.device, non_blocking=True)
         out = detection_outputs(self.model, batch.pixel_values, batch.pixel_mask, with_aux=False)
         return postprocess(out.logits, out.boxes, batch.orig_sizes, self.categories, threshold)
 
@@ -140,10 +139,8 @@ def aspect_ratio(image) -> float:
         return image.shape[0] / image.shape[1]
     if isinstance(image, (str, Path)):
         try:
-            with Image.open(Path(image).expanduser()) as im:
-                w, h = im.size
-                rotated = im.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientation: a quarter turn
-            return (w / h if rotated else h / w) if w and h else 1.0
+            w, h = displayed_size(Path(image).expanduser())
+            return h / w if w and h else 1.0
         except Exception:  # noqa: BLE001  (unreadable here: as_image raises the clear error)
             return 1.0
     return 1.0

@@ -206,7 +206,7 @@ class DetectionData(L.LightningDataModule):
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
         if isinstance(batch, Batch):  # pinned in the loader on CUDA: the copy does not block
-            return batch.to(device, non_blocking=device.type == "cuda")
+            return batch.ready(device, non_blocking=device.type == "cuda")
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def train_dataloader(self) -> DataLoader:

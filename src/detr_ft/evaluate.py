@@ -30,7 +30,7 @@ def run_eval(ckpt_path: str, data_dir: str, out_dir: Path, split: str = "test", 
     results: list[dict] = []
     with torch.inference_mode():
         for batch in loader:
-            batch = batch.to(detector.device)
+            batch = batch.ready(detector.device)
             out = detection_outputs(detector.model, batch.pixel_values, batch.pixel_mask, with_aux=False)
             for dets, image_id in zip(postprocess(out.logits, out.boxes, batch.orig_sizes, detector.categories),
                                       batch.image_ids.tolist()):

@@ -96,6 +96,20 @@ class DataReport:
     clipped_boxes: int = 0
     problems: list[str] = field(default_factory=list)
 
+    def settle_bad(self, where: str, bad: list[str], kind: str, on_bad_data: str) -> None:
+        """The bad ``kind``s (e.g. "record") found in ``where``: under ``on_bad_data="error"``
+        a ``UserError`` listing the first few; under ``"skip"`` counted and logged."""
+        if not bad:
+            return
+        self.problems = bad
+        if on_bad_data == "error":
+            listed = "; ".join(bad[:MAX_LISTED_PROBLEMS])
+            more = f" (and {len(bad) - MAX_LISTED_PROBLEMS} more)" if len(bad) > MAX_LISTED_PROBLEMS else ""
+            raise UserError(f"{where}: {len(bad)} bad {kind}(s): {listed}{more}; fix them or pass "
+                            f"--on-bad-data skip to leave them out")
+        self.skipped_records = len(bad)
+        log.warning("%s: left out %d bad %s(s) (--on-bad-data skip), e.g. %s", where, len(bad), kind, bad[0])
+
     def to_dict(self) -> dict:
         return {
             "skipped_records": self.skipped_records,
@@ -399,15 +413,7 @@ def load_index(data_dir: Path, split: str, on_bad_data: str = "error",
             report.skipped_objects += len(per_image.pop(image_id))
             del images[image_id]
 
-    if bad:
-        report.problems = bad
-        if on_bad_data == "error":
-            listed = "; ".join(bad[:MAX_LISTED_PROBLEMS])
-            more = f" (and {len(bad) - MAX_LISTED_PROBLEMS} more)" if len(bad) > MAX_LISTED_PROBLEMS else ""
-            raise UserError(f"{path}: {len(bad)} bad record(s): {listed}{more}; fix them or pass "
-                            f"--on-bad-data skip to leave them out")
-        report.skipped_records = len(bad)
-        log.warning("%s: left out %d bad record(s) (--on-bad-data skip), e.g. %s", path, len(bad), bad[0])
+    report.settle_bad(str(path), bad, "record", on_bad_data)
 
     records = []
     for image_id, img in images.items():

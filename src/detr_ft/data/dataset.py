@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from detr_ft.data.coco import CocoIndex
-from detr_ft.data.transforms import ResizeSpec, hflip, resize, to_uint8_tensor, xywh_to_cxcywh_norm
+from detr_ft.data.transforms import ResizeSpec, hflip, resized_tensor, xywh_to_cxcywh_norm
 
 
 @dataclass
@@ -54,11 +54,10 @@ class DetectionDataset(Dataset):
         # COCO boxes are in pixels of the image as displayed (EXIF applied), whose
         # size the JSON gives; normalised, they fit the decoded image at any scale.
         boxes = xywh_to_cxcywh_norm(record.boxes, record.width, record.height)
+        orig_size = (image.height, image.width)
+        pixels = resized_tensor(image, self.resize_spec)
         if self.train:
             rng = np.random.default_rng((self.seed, epoch, i))
             if rng.random() < self.hflip:
-                image, boxes = hflip(image, boxes)
-        orig_size = (image.height, image.width)
-        image = resize(image, self.resize_spec)
-        return Sample(to_uint8_tensor(image), torch.from_numpy(boxes), torch.from_numpy(record.labels),
-                      record.image_id, orig_size)
+                pixels, boxes = hflip(pixels, boxes)
+        return Sample(pixels, torch.from_numpy(boxes), torch.from_numpy(record.labels), record.image_id, orig_size)

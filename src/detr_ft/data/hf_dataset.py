@@ -26,17 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image
 
-from detr_ft.data.coco import (MAX_LISTED_PROBLEMS, Categories, CocoIndex, DataReport, ImageRecord,
+from detr_ft.data.coco import (Categories, CocoIndex, DataReport, ImageRecord,
                                _clean_boxes, _is_id, _is_number)
-from detr_ft.data.transforms import to_rgb
+from detr_ft.data.transforms import decode_image, displayed_size
 from detr_ft.errors import UserError
 
 INSTALL_HINT = "pip install 'detr-ft[hub]'"
 # Our split name -> the names a 🤗 dataset may use for it, in order of preference.
 SPLIT_NAMES = {"train": ("train",), "test": ("test", "validation", "val", "valid")}
-ORIENTATION_TAG = 0x0112  # EXIF orientation; 5-8 turn the image a quarter
 
 
 def import_datasets():
@@ -137,25 +136,21 @@ class HfIndex(CocoIndex):
     rows: dict[int, int] = field(default_factory=dict)  # image_id -> row
 
     def load_image(self, record: ImageRecord) -> Image.Image:
-        image = self.images[self.rows[record.image_id]]["image"]
-        if not isinstance(image, Image.Image):  # decode=False: {"bytes", "path"}
-            image = Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"])
-        image.load()
-        return to_rgb(ImageOps.exif_transpose(image))
+        item = self.images[self.rows[record.image_id]]["image"]
+        return decode_image(_image_source(item), f"--hf-dataset image of image_id {record.image_id}")
 
 
-def _image_sizes(dataset) -> list[tuple[int, int]]:
-    """(width, height) per row as displayed (EXIF orientation applied), read from the image
-    headers without decoding, for data without width and height columns."""
-    datasets = import_datasets()
-    raw = dataset.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
-    sizes = []
-    for item in raw["image"]:
-        with Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]) as im:
-            width, height = im.size
-            quarter_turn = im.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8)
-        sizes.append((height, width) if quarter_turn else (width, height))
-    return sizes
+def _header_size(item: dict) -> tuple[int, int] | tuple[str, None]:
+    """(width, height) as displayed from the image's header; (why not, None) if it cannot be read."""
+    try:
+        return displayed_size(_image_source(item))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return f"image not readable ({str(e).splitlines()[0] if str(e) else type(e).__name__})", None
+
+
+def _image_source(item: dict):
+    """What Pillow opens for an undecoded image cell: its bytes, else its file path."""
+    return io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
 
 
 def _row_problem(image_id, width, height, bboxes, labels, seen_ids, cat_index) -> str | None:
@@ -193,6 +188,8 @@ def load_hf_index(name_or_path: str, split: str, on_bad_data: str = "error",
     if named and split_cats.names != cats.names:  # unnamed ids are checked row by row below
         raise UserError(f"{where}: classes {list(split_cats.names)} differ from the training split's "
                         f"{list(categories.names)}")
+    # the image column undecoded ({"bytes", "path"}): headers read for sizes, pixels decoded by detr-ft
+    images = dataset.select_columns(["image"]).cast_column("image", import_datasets().Image(decode=False))
     small = [c for c in ("image_id", "width", "height", "objects") if c in dataset.column_names]
     columns = dataset.select_columns(small)[:]  # no image decoded
     n = len(dataset)
@@ -200,13 +197,14 @@ def load_hf_index(name_or_path: str, split: str, on_bad_data: str = "error",
     if "width" in columns and "height" in columns:
         sizes = list(zip(columns["width"], columns["height"]))
     else:
-        sizes = _image_sizes(dataset)
+        sizes = [_header_size(item) for item in images["image"]]
     cat_index = {c: k for k, c in enumerate(cats.ids)}
     report, bad, records, rows = DataReport(), [], [], {}
     for row in range(n):
         image_id, (width, height) = ids[row], sizes[row]
         bboxes, labels = _objects(columns["objects"][row])
-        problem = _row_problem(image_id, width, height, bboxes, labels, rows, cat_index)
+        problem = width if isinstance(width, str) else _row_problem(image_id, width, height, bboxes, labels,
+                                                                    rows, cat_index)
         if problem:
             bad.append(f"row {row} (image_id {image_id!r}): {problem}")
             continue
@@ -214,18 +212,12 @@ def load_hf_index(name_or_path: str, split: str, on_bad_data: str = "error",
         boxes, label_idx = _clean_boxes(objects, float(width), float(height), report)
         rows[image_id] = row
         records.append(ImageRecord(image_id, f"{used}-{row:06d}", int(width), int(height), boxes, label_idx))
-    if bad:
-        report.problems = bad
-        if on_bad_data == "error":
-            more = f" (and {len(bad) - MAX_LISTED_PROBLEMS} more)" if len(bad) > MAX_LISTED_PROBLEMS else ""
-            raise UserError(f"{where}: {len(bad)} bad row(s): {'; '.join(bad[:MAX_LISTED_PROBLEMS])}{more}; fix "
-                            f"them or pass --on-bad-data skip to leave them out")
-        report.skipped_records = len(bad)
+    report.settle_bad(where, bad, "row", on_bad_data)
     if not records:
         raise UserError(f"{where}: no usable rows")
     source = Path(name_or_path)
     return HfIndex(images_dir=source / used, annotation_file=source / used, categories=cats, records=records,
-                   report=report, images=dataset.select_columns(["image"]), rows=rows)
+                   report=report, images=images, rows=rows)
 
 
 def read_split(data_dir, split: str, on_bad_data: str = "error", categories: Categories | None = None,
