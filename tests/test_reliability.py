@@ -239,6 +239,12 @@ BAD_FLAGS = [
     (["eval", "--ckpt-path", "{ckpt}", "--data-dir", "{data}", "--split", "nosuch"], "nosuch.json"),
     (["eval", "--ckpt-path", "{ckpt}", "--data-dir", "{data}", "--batch-size", "0"], "--batch-size"),
     (["eval", "--ckpt-path", "{ckpt}", "--data-dir", "{data}", "--device", "mps"], "--device mps"),
+    (["predict", "--ckpt-path", "{ckpt}", "--images", "{data}/images", "--device", "hpu"], "--device hpu needs"),
+    (["train", "--device", "hpu"], "--device hpu needs lightning-habana"),
+    pytest.param(["eval", "--ckpt-path", "{ckpt}", "--data-dir", "{data}", "--device", "cuda"], "--device cuda",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")),
+    pytest.param(["train", "--device", "cuda"], "--device cuda",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")),
     (["eval", "--ckpt-path", "{ckpt}", "--data-dir", "{data}", "--output-dir", "{file}"], "--output-dir"),
     (["predict", "--ckpt-path", "{ckpt}", "--images", "{missing}"], "{missing}"),
     (["predict", "--ckpt-path", "{ckpt}", "--images", "{file}"], "not a readable image"),
@@ -258,7 +264,8 @@ BAD_FLAGS = [
 ]
 
 
-@pytest.mark.parametrize("argv, needle", BAD_FLAGS, ids=[" ".join(a[:3]) for a, _ in BAD_FLAGS])
+@pytest.mark.parametrize("argv, needle", BAD_FLAGS,
+                         ids=[" ".join((c.values if hasattr(c, "values") else c)[0][:3]) for c in BAD_FLAGS])
 def test_invalid_flag_or_path_is_one_line_and_exit_2(argv, needle, synthetic_dir, trained_run, tmp_path, capsys):
     names = {"data": str(synthetic_dir), "ckpt": str(trained_run / "last.ckpt"), "missing": str(tmp_path / "nope"),
              "file": str(tmp_path / "a-file")}

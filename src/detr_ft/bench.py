@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import json
 import math
@@ -380,13 +381,12 @@ class StockCocoDetection(Dataset):
     CPPE-5's ids 1..5 and a spare class 0; the same model must serve both sides here).
     """
 
-    def __init__(self, images_dir: Path, ann_file: Path, processor, label_of: dict[int, int],
-                 limit: int | None = None):
+    def __init__(self, images_dir: Path, ann_file: Path, processor, label_of: dict[int, int]):
         from pycocotools.coco import COCO
 
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             self.coco = COCO(str(ann_file))
-        self.ids = sorted(self.coco.imgs)[:limit]
+        self.ids = sorted(self.coco.imgs)
         self.images_dir = Path(images_dir)
         self.processor = processor
         self.label_of = label_of
@@ -518,8 +518,21 @@ class Workspace:
         self.label_of = {cid: i for i, cid in enumerate(self.categories.ids)}
         self.ann_file = self.data_dir / "annotations" / "train.json"
         self.images_dir = self.data_dir / "images"
-        self.auto_canvases = [(self.resize.shortest, self.resize.longest), (self.resize.longest, self.resize.shortest)]
+        self.auto_canvases = self.resize.orientation_canvases
         self.square_canvas = self.resize.max_canvas
+
+    @functools.cached_property
+    def processor(self):
+        """The stock side's image processor, for this resize."""
+        return stock_processor(self.resize)
+
+    @functools.cached_property
+    def buckets(self) -> tuple[list[int], np.ndarray]:
+        """(ours, stock): one object bucket each, from the training set's counts."""
+        from detr_ft.data.batching import compute_buckets
+
+        counts = self.index.object_counts()
+        return compute_buckets(counts, 1), stock_buckets(counts, 1)
 
     def warm_page_cache(self) -> None:
         for r in self.index.records:
@@ -540,24 +553,23 @@ class Workspace:
                                   r.image_id, (h, w)))
         return Collator(self.resize.mean, self.resize.std, canvases=[(h, w)])(samples)
 
-    def our_loader(self, index, workers: int, buckets: list[int], shuffle: bool, drop_last: bool) -> DataLoader:
-        """detr-ft's training loader with --pad --pad-canvases auto (engine.DetectionData)."""
+    def our_loader(self, workers: int, drop_last: bool) -> DataLoader:
+        """detr-ft's training loader with --pad --pad-canvases auto (engine.DetectionData), shuffled."""
         from detr_ft.data.batching import Collator
         from detr_ft.engine import DetectionData
 
-        collator = Collator(self.resize.mean, self.resize.std, canvases=self.auto_canvases, buckets=buckets)
-        data = DetectionData(index, None, self.resize, self.cfg.batch_size, workers, collator, seed=self.cfg.seed,
-                             shuffle=shuffle, drop_last=drop_last, pin_memory=torch.cuda.is_available(),
-                             orientation_batches=True)
+        collator = Collator(self.resize.mean, self.resize.std, canvases=self.auto_canvases, buckets=self.buckets[0])
+        data = DetectionData(self.index, None, self.resize, self.cfg.batch_size, workers, collator,
+                             seed=self.cfg.seed, shuffle=True, drop_last=drop_last,
+                             pin_memory=torch.cuda.is_available(), orientation_batches=True)
         return data.train_dataloader()
 
-    def stock_loader(self, processor, limit: int | None, workers: int, buckets, shuffle: bool,
-                     drop_last: bool) -> DataLoader:
-        """The original's loader: processor per sample, square canvas, bucket padding."""
-        dataset = StockCocoDetection(self.images_dir, self.ann_file, processor, self.label_of, limit)
-        collate = StockCollate(processor, self.square_canvas, buckets, len(self.categories))
+    def stock_loader(self, workers: int, drop_last: bool) -> DataLoader:
+        """The original's loader, shuffled: processor per sample, square canvas, bucket padding."""
+        dataset = StockCocoDetection(self.images_dir, self.ann_file, self.processor, self.label_of)
+        collate = StockCollate(self.processor, self.square_canvas, self.buckets[1], len(self.categories))
         generator = torch.Generator().manual_seed(self.cfg.seed)
-        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, drop_last=drop_last,
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=True, drop_last=drop_last,
                           num_workers=workers, collate_fn=collate, generator=generator)
 
 
@@ -590,23 +602,19 @@ def bench_train(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: li
 
 
 def bench_static(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: list[str]) -> list[Record]:
-    from detr_ft.data.batching import Batch, Collator, compute_buckets
-    from detr_ft.data.dataset import DetectionDataset
+    from detr_ft.data.batching import Batch
 
-    counts = ws.index.object_counts()
-    ours_buckets = compute_buckets(counts, 1)
-    processor = stock_processor(ws.resize)
-    ours_it = forever(ws.our_loader(ws.index, 0, ours_buckets, shuffle=True, drop_last=True))
-    stock_it = forever(ws.stock_loader(processor, None, 0, stock_buckets(counts, 1), shuffle=True, drop_last=True))
+    ours_loader = ws.our_loader(0, drop_last=True)
+    ours_it = forever(ours_loader)
+    stock_it = forever(ws.stock_loader(0, drop_last=True))
     opt = sides.reset()
 
     # warm both canvases first (with --compile each is one compiled variant)
-    dataset = DetectionDataset(ws.index, ws.resize, train=True, seed=cfg.seed)
-    collator = Collator(ws.resize.mean, ws.resize.std, canvases=ws.auto_canvases, buckets=ours_buckets)
     for portrait in (False, True):
         group = [i for i, r in enumerate(ws.index.records) if (r.height > r.width) == portrait]
         if len(group) >= cfg.batch_size:
-            sides.our_step(opt["ours"], collator([dataset[i] for i in group[: cfg.batch_size]]).ready(device))
+            samples = [ours_loader.dataset[i] for i in group[: cfg.batch_size]]
+            sides.our_step(opt["ours"], ours_loader.collate_fn(samples).ready(device))
 
     def ours():
         batch: Batch = next(ours_it)
@@ -621,7 +629,7 @@ def bench_static(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: l
     ws.samples["static"] = times
     b = cfg.batch_size
     notes.append(f"static: canvases ours {ws.auto_canvases} by orientation, stock {[ws.square_canvas]}; "
-                 f"object bucket {ours_buckets}; data in the main process (workers 0) on both sides; medians: "
+                 f"object bucket {ws.buckets[0]}; data in the main process (workers 0) on both sides; medians: "
                  f"{medians(times, 1e3, 'ms')} per step")
     return [Record("static", cfg.label(device) + " workers=0", b / best(times["ours"]),
                    b / best(times["stock"]), "images/s")]
@@ -629,16 +637,10 @@ def bench_static(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: l
 
 def bench_data(ws: Workspace, cfg: BenchConfig, device, notes: list[str]) -> list[Record]:
     """Epochs over the whole training set, shuffled, as training reads it; one warm-up epoch."""
-    from detr_ft.data.batching import compute_buckets
-
     n = len(ws.index)
-    counts = ws.index.object_counts()
-    processor = stock_processor(ws.resize)
     records = []
     for workers in cfg.workers:
-        ours_loader = ws.our_loader(ws.index, workers, compute_buckets(counts, 1), shuffle=True, drop_last=False)
-        stock_loader = ws.stock_loader(processor, None, workers, stock_buckets(counts, 1), shuffle=True,
-                                       drop_last=False)
+        ours_loader, stock_loader = ws.our_loader(workers, drop_last=False), ws.stock_loader(workers, drop_last=False)
         # ours normalises in ready() (on the device in training): counted here, on the CPU
         times = alternate({"ours": lambda: sum(len(b.ready("cpu")) for b in ours_loader),
                            "stock": lambda: sum(len(b["pixel_values"]) for b in stock_loader)},
@@ -657,7 +659,6 @@ def bench_startup(ws: Workspace, cfg: BenchConfig, device, notes: list[str]) -> 
     from detr_ft.data.batching import compute_buckets
     from detr_ft.data.coco import load_index
 
-    processor = stock_processor(ws.resize)
     workers = min(15, os.cpu_count() or 1)  # the original's 15, capped at the machine's cores
     ws.warm_page_cache()
     found = {}
@@ -666,7 +667,7 @@ def bench_startup(ws: Workspace, cfg: BenchConfig, device, notes: list[str]) -> 
         found["ours"] = compute_buckets(load_index(ws.data_dir, "train").object_counts(), 1)
 
     def stock():
-        found["stock"] = stock_startup(ws.images_dir, ws.ann_file, processor, ws.label_of, workers).tolist()
+        found["stock"] = stock_startup(ws.images_dir, ws.ann_file, ws.processor, ws.label_of, workers).tolist()
 
     times = alternate({"ours": ours, "stock": stock}, cfg.rounds, 0, torch.device("cpu"))
     ws.samples["startup"] = times
@@ -754,25 +755,20 @@ def pipeline_batch_size(pipe, paths: list[str], batch_size: int) -> int:
 
 def bench_latency(ws: Workspace, cfg: BenchConfig, device, detector, pipe, notes: list[str]) -> list[Record]:
     """Batch 1, the image already preprocessed on the device, on detr-ft's fixed landscape canvas."""
-    from detr_ft.model.outputs import detection_outputs
-    from detr_ft.model.postprocess import postprocess
-
     record = next((r for r in ws.index.records if r.width >= r.height), ws.index.records[0])
     canvas = ws.auto_canvases[0] if record.width >= record.height else ws.auto_canvases[1]
     detector.use_canvas(canvas)
     batch = detector.collator([detector.sample(ws.index.load_image(record))]).ready(device)
-    pv, pm, sizes = batch.pixel_values, batch.pixel_mask, batch.orig_sizes
+    pv, pm, sizes = batch.pixel_values, batch.pixel_mask, batch.orig_sizes  # for the stock side
     mode = latency_compile_mode(device)
     if cfg.compile:
         detector.model.model.compile(mode=mode, dynamic=False)
     amp = lambda: autocast(device, cfg.precision)  # noqa: E731
     processor, stock_model = pipe.image_processor, pipe.model
 
-    @torch.inference_mode()
     def ours():
         with amp():
-            out = detection_outputs(detector.model, pv, pm, with_aux=False)
-        return postprocess(out.logits, out.boxes, sizes, detector.categories, THRESHOLD)
+            return detector.detect_batch(batch, THRESHOLD)
 
     @torch.inference_mode()
     def stock():
@@ -807,15 +803,13 @@ def peak_rss_mib() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def _rss_child(task: str, side: str, cfg_dict: dict, root: str, export_dir: str | None, conn) -> None:
+def _rss_child(task: str, side: str, cfg: BenchConfig, root: str, export_dir: str | None, conn) -> None:
     """In a spawned process: one side of ``task`` alone, then report its peak RSS."""
     try:
         from detr_ft.cli import configure_logging
 
         configure_logging(False)
         quiet_progress_bars()
-        cfg = BenchConfig(**{**cfg_dict, "what": tuple(cfg_dict["what"]), "workers": tuple(cfg_dict["workers"]),
-                             "image_size": tuple(cfg_dict["image_size"])}).resolved()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         device = torch.device(cfg.device)
@@ -854,7 +848,7 @@ def peak_rss(task: str, side: str, cfg: BenchConfig, root: Path, export_dir: Pat
     ctx = mp.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
     # the child reads the same dataset; in a given-data run, cfg.data_dir already says where
-    child = ctx.Process(target=_rss_child, args=(task, side, asdict(cfg), str(root),
+    child = ctx.Process(target=_rss_child, args=(task, side, cfg, str(root),
                                                   str(export_dir) if export_dir else None, send))
     child.start()
     send.close()
@@ -892,11 +886,11 @@ def quiet_progress_bars() -> None:
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[list[Record], list[str], dict]:
     """Run the benchmarks ``cfg.what``; returns (records, notes, environment: the machine
     before and after, and every timed step's seconds)."""
-    from detr_ft.detector import pick_device
+    from detr_ft.devices import inference_device
     from detr_ft.devices import machine_facts
 
     cfg = cfg.resolved()
-    device = pick_device(cfg.device)
+    device = inference_device(cfg.device)
     quiet_progress_bars()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -910,7 +904,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
         ws = Workspace(cfg, Path(tmp))
         log(f"bench: dataset ready in {time.perf_counter() - started:.0f} s")
         notes.append(f"data: {ws.source}; resize short {ws.resize.shortest} / long {ws.resize.longest}; "
-                     f"stock preprocessing {type(stock_processor(ws.resize)).__name__}")
+                     f"stock preprocessing {type(ws.processor).__name__}")
         if cfg.data_dir is None:  # the memory children reuse the dataset written here
             cfg = replace(cfg, data_dir=str(ws.data_dir))
         steps = [w for w in ("startup", "data", "train", "static", "infer") if w in cfg.what]

@@ -20,7 +20,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from detr_ft.data.coco import Categories
 from detr_ft.data.transforms import ResizeSpec
-from detr_ft.errors import UserError
+from detr_ft.errors import UserError, first_line
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -88,21 +88,18 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     except pickle.UnpicklingError as e:
         code = re.search(r"GLOBAL ([\w.]+)", str(e))
         if code is None:
-            raise UserError(corrupt.format(_first_line(e))) from None
+            raise UserError(corrupt.format(first_line(e, TORCH_LOAD_BOILERPLATE))) from None
         raise UserError(f"checkpoint {path} was refused: loading it would import {code.group(1)}, which a "
                         f"detr-ft checkpoint never needs (weights_only); only load checkpoints you trust") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, UnicodeDecodeError, KeyError) as e:
-        raise UserError(corrupt.format(_first_line(e))) from None
+        raise UserError(corrupt.format(first_line(e, TORCH_LOAD_BOILERPLATE))) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"checkpoint {path} is not a Lightning checkpoint (no state_dict)")
     return ckpt
 
 
-def _first_line(e: BaseException) -> str:
-    """The informative line of an exception message (torch's weights_only errors start with boilerplate)."""
-    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(boilerplate)]
-    return lines[0][:160] if lines else type(e).__name__
+# torch's weights_only errors start with these lines; the informative one follows
+TORCH_LOAD_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
 
 def model_from_checkpoint(path: Path, ckpt: dict | None = None):
@@ -112,15 +109,13 @@ def model_from_checkpoint(path: Path, ckpt: dict | None = None):
     """
     from transformers import AutoConfig
 
-    from detr_ft.model.build import model_from_config, unfreeze_batch_norm
+    from detr_ft.model.build import model_from_config, portable_config, unfreeze_batch_norm
 
     if ckpt is None:
         ckpt = load_checkpoint(path)
     info = ckpt.get("detr_ft")
     if not isinstance(info, dict):
         raise UserError(f"checkpoint {path} was not written by detr-ft train (no model description in it)")
-    from detr_ft.export import portable_config
-
     cfg = portable_config(dict(info["model_config"]))  # written by transformers 4.x or 5.x, read by either
     config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
     model = model_from_config(config)

@@ -21,33 +21,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from detr_ft.data.batching import Collator
+from detr_ft.data.batching import Batch, Collator
 from detr_ft.data.coco import Categories
 from detr_ft.data.dataset import Sample
 from detr_ft.data.transforms import ResizeSpec, displayed_size, load_image, resized_tensor, to_rgb
+from detr_ft.devices import inference_device
 from detr_ft.errors import UserError
 from detr_ft.model.outputs import detection_outputs
 from detr_ft.model.postprocess import Detections, postprocess
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is visible; use --device cpu or auto")
-    if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise UserError("--device mps: Apple MPS is not available here; use --device cpu or auto")
-    if device == "hpu":
-        try:
-            import habana_frameworks.torch.core  # noqa: F401
-        except ImportError:
-            raise UserError("--device hpu needs the Gaudi software stack and lightning-habana "
-                            "(pip install 'detr-ft[hpu]')") from None
-    return torch.device(device)
 
 
 class Detector:
@@ -55,7 +36,7 @@ class Detector:
 
     def __init__(self, model, resize_spec: ResizeSpec, categories: Categories, device: str = "auto",
                  canvas: tuple[int, int] | None = None):
-        self.device = pick_device(device)
+        self.device = inference_device(device)
         self.model = model.eval().to(self.device)
         self.resize = resize_spec
         self.categories = categories
@@ -92,9 +73,12 @@ class Detector:
         return Sample(resized_tensor(image, self.resize), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), image_id,
                       (image.height, image.width))
 
-    @torch.inference_mode()
     def detect_samples(self, samples: list[Sample], threshold: float = 0.0) -> list[Detections]:
-        batch = self.collator(samples).ready(self.device, non_blocking=True)
+        return self.detect_batch(self.collator(samples).ready(self.device, non_blocking=True), threshold)
+
+    @torch.inference_mode()
+    def detect_batch(self, batch: Batch, threshold: float = 0.0) -> list[Detections]:
+        """Detections above ``threshold`` for a batch on the device, normalised (``Batch.ready``)."""
         out = detection_outputs(self.model, batch.pixel_values, batch.pixel_mask, with_aux=False)
         return postprocess(out.logits, out.boxes, batch.orig_sizes, self.categories, threshold)
 

@@ -43,16 +43,35 @@ def hpu_lazy_mode() -> bool:
     return os.environ.get("PT_HPU_LAZY_MODE", "1") != "0"
 
 
+def require(device: str) -> None:
+    """A UserError when ``--device`` names CUDA or MPS and there is none here."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+    if device == "mps" and not mps_available():
+        raise UserError("--device mps: Apple MPS is not available here; use --device cpu or auto")
+
+
+def inference_device(device: str = "auto") -> torch.device:
+    """The torch device for ``--device`` outside Lightning (eval, predict, the ``Detector``
+    API): ``auto`` takes CUDA, then MPS, then the CPU; a UserError where unavailable."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu")
+    require(device)
+    if device == "hpu":
+        try:
+            import habana_frameworks.torch.core  # noqa: F401  (registers the hpu device)
+        except ImportError:
+            raise UserError("--device hpu needs the Gaudi software stack and lightning-habana "
+                            "(pip install 'detr-ft[hpu]')") from None
+    return torch.device(device)
+
+
 def trainer_device(device: str, devices: int, num_nodes: int, strategy: str, autocast: bool) -> TrainerDevice:
     """Accelerator, strategy, plugins and precision for ``--device``; a UserError where unavailable."""
     precision = "bf16-mixed" if autocast else "32-true"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA device is visible; use --device cpu or auto")
-        if devices > torch.cuda.device_count():
-            raise UserError(f"--devices {devices}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    if device == "mps" and not mps_available():
-        raise UserError("--device mps: Apple MPS is not available here; use --device cpu or auto")
+    require(device)
+    if device == "cuda" and devices > torch.cuda.device_count():
+        raise UserError(f"--devices {devices}: only {torch.cuda.device_count()} CUDA device(s) visible")
     if device in ("cuda", "auto") and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

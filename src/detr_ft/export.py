@@ -17,7 +17,7 @@ Two details make that so:
 - config: transformers 5 leaves out ``use_timm_backbone``/``backbone`` (whose
   4.x defaults, timm's resnet50, contradict the saved ``backbone_config``) and
   4.x writes ``dilation: null`` (which 5.x refuses); both are written out
-  explicitly (``portable_config``).
+  explicitly (``model.build.portable_config``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from pathlib import Path
 from detr_ft.checkpoint import model_from_checkpoint
 from detr_ft.data.coco import Categories
 from detr_ft.data.transforms import ResizeSpec
-from detr_ft.errors import UserError
+from detr_ft.errors import UserError, first_line
+from detr_ft.model.build import portable_config
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -72,20 +73,6 @@ def exportable_state_dict(model) -> dict:
     if missing:
         raise RuntimeError(f"export: the model lacks {len(missing)} weights of its family, e.g. {missing[0]}")
     return {k: v for k, v in state.items() if k in reference}
-
-
-def portable_config(config: dict) -> dict:
-    """A ``config.json`` dict that transformers 4.57 and 5.x both load (see the module docstring)."""
-    config = dict(config)
-    if isinstance(config.get("backbone_config"), dict):
-        config.setdefault("use_timm_backbone", False)
-        config.setdefault("use_pretrained_backbone", False)
-        config.setdefault("backbone", None)
-    if "backbone_kwargs" in config and config["backbone_kwargs"] is None:
-        del config["backbone_kwargs"]
-    if "dilation" in config and config["dilation"] is None:
-        config["dilation"] = False
-    return config
 
 
 def model_card(categories: Categories, family: str, resize: ResizeSpec) -> str:
@@ -153,7 +140,7 @@ def load_export(path: Path):
     try:
         model = AutoModelForObjectDetection.from_pretrained(str(path))
     except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot load this model directory ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{path}: cannot load this model directory ({first_line(e)})") from None
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     ids = getattr(model.config, "category_ids", None) or sorted(id2label)
     if len(ids) != len(id2label):

@@ -115,10 +115,8 @@ class ContinuingCSVWriter(ExperimentWriter):
         _write_rows(path, header, kept)
 
     def log_metrics(self, metrics_dict: dict, step: int | None = None) -> None:
-        row = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics_dict.items()}
-        row["step"] = len(self.metrics) if step is None else step
-        self.metrics.append(row)
-        self.save()
+        super().log_metrics(metrics_dict, step)  # the row as Lightning's writer records it
+        self.save()  # written at once: a killed run loses no row
 
     def save(self) -> None:
         if not self.metrics:

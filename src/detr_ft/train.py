@@ -45,7 +45,7 @@ def canvases_for(cfg: TrainConfig, resize) -> list[tuple[int, int]] | None:
     if not cfg.pad:
         return None
     if cfg.pad_canvases == "auto":
-        return [(resize.shortest, resize.longest), (resize.longest, resize.shortest)]
+        return resize.orientation_canvases
     if cfg.pad_size:
         return [(int(cfg.pad_size[0]), int(cfg.pad_size[1]))]
     return [resize.max_canvas]

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from detr_ft.errors import UserError
+from detr_ft.errors import UserError, first_line
 
 MAX_LISTED_PROBLEMS = 10
 CHECK_THREADS = 4  # image checks are mostly file reads: threads overlap their waits
@@ -288,8 +288,7 @@ def check_image_file(images_dir: Path, file_name: str, images_root: str | None =
     except Image.DecompressionBombError as e:
         return f"refused: {e}"
     except Exception as e:  # noqa: BLE001  (any failure to read an untrusted file means: unusable)
-        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        return f"unreadable or truncated ({first})"
+        return f"unreadable or truncated ({first_line(e, limit=120)})"
     return None
 
 

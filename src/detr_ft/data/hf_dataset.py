@@ -31,7 +31,7 @@ from PIL import Image
 from detr_ft.data.coco import (Categories, CocoIndex, DataReport, ImageRecord,
                                _clean_boxes, _is_id, _is_number)
 from detr_ft.data.transforms import decode_image, displayed_size
-from detr_ft.errors import UserError
+from detr_ft.errors import UserError, first_line
 
 INSTALL_HINT = "pip install 'detr-ft[hub]'"
 # Our split name -> the names a 🤗 dataset may use for it, in order of preference.
@@ -56,13 +56,13 @@ def open_dataset(name_or_path: str):
             loaded = datasets.load_from_disk(str(local))
         except (FileNotFoundError, ValueError, OSError) as e:
             raise UserError(f"--hf-dataset {name_or_path}: not a folder written by save_to_disk "
-                            f"({str(e).splitlines()[0][:160]})") from None
+                            f"({first_line(e)})") from None
     else:
         try:
             loaded = datasets.load_dataset(name_or_path)
         except Exception as e:  # noqa: BLE001  (offline, unknown id, no access: all mean "cannot open")
-            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-            raise UserError(f"--hf-dataset {name_or_path}: cannot load it from the Hugging Face hub ({first}); "
+            raise UserError(f"--hf-dataset {name_or_path}: cannot load it from the Hugging Face hub "
+                            f"({first_line(e)}); "
                             f"pass a hub dataset id or a folder written by DatasetDict.save_to_disk") from None
     if not isinstance(loaded, datasets.DatasetDict):
         raise UserError(f"--hf-dataset {name_or_path}: holds a single split; save a DatasetDict with "
@@ -145,7 +145,7 @@ def _header_size(item: dict) -> tuple[int, int] | tuple[str, None]:
     try:
         return displayed_size(_image_source(item))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return f"image not readable ({str(e).splitlines()[0] if str(e) else type(e).__name__})", None
+        return f"image not readable ({first_line(e)})", None
 
 
 def _image_source(item: dict):

@@ -47,6 +47,12 @@ class ResizeSpec:
         """The largest (height, width) the resize can produce: a longest x longest square."""
         return self.longest, self.longest
 
+    @property
+    def orientation_canvases(self) -> list[tuple[int, int]]:
+        """A landscape and a portrait canvas (short x long, long x short) that every resized
+        image fits, the one of its orientation (``--pad-canvases auto``)."""
+        return [(self.shortest, self.longest), (self.longest, self.shortest)]
+
 
 def load_image(path: Path) -> Image.Image:
     """Decode an image file as RGB with its EXIF orientation applied."""

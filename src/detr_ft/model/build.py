@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from detr_ft.data.transforms import ResizeSpec
-from detr_ft.errors import UserError
+from detr_ft.errors import UserError, first_line
 from detr_ft.model.outputs import SUPPORTED_FAMILIES
 
 DEFAULT_MODEL = "facebook/detr-resnet-50"
@@ -99,6 +99,25 @@ def _label_kwargs(id2label: dict[int, str]) -> dict:
             "label2id": {v: k for k, v in id2label.items()}}
 
 
+def portable_config(config: dict) -> dict:
+    """A ``config.json`` dict that transformers 4.57 and 5.x both load, whichever wrote it.
+
+    transformers 5 leaves out ``use_timm_backbone``/``backbone`` (whose 4.x defaults,
+    timm's resnet50, contradict the saved ``backbone_config``) and 4.x writes
+    ``dilation: null`` (which 5.x refuses): both are written out explicitly.
+    """
+    config = dict(config)
+    if isinstance(config.get("backbone_config"), dict):
+        config.setdefault("use_timm_backbone", False)
+        config.setdefault("use_pretrained_backbone", False)
+        config.setdefault("backbone", None)
+    if "backbone_kwargs" in config and config["backbone_kwargs"] is None:
+        del config["backbone_kwargs"]
+    if "dilation" in config and config["dilation"] is None:
+        config["dilation"] = False
+    return config
+
+
 def model_from_config(config) -> nn.Module:
     """A randomly initialised model of the config's family (no download)."""
     from transformers import AutoModelForObjectDetection
@@ -142,7 +161,7 @@ def build_model(name: str, id2label: dict[int, str], revision: str | None = None
                         f"pip install {package}") from None
     except (OSError, ValueError) as e:
         if local.is_dir():
-            raise UserError(f"--model {name}: cannot load this directory ({str(e).splitlines()[0]})") from None
+            raise UserError(f"--model {name}: cannot load this directory ({first_line(e)})") from None
         raise UserError(
             f"--model {name}: cannot load from the Hugging Face hub (offline or unknown id); use "
             f"--model detr-tiny for an offline preset, or --model DIR with a local Hugging Face model directory"

@@ -22,11 +22,10 @@ from transformers.loss.loss_for_object_detection import sigmoid_focal_loss
 from detr_ft.data.batching import PAD_BOX
 from detr_ft.model.box_ops import generalized_box_iou
 from detr_ft.model.matcher import FocalHungarianMatcher, HungarianMatcher
+from detr_ft.model.outputs import CLASS_LOSS
 
 LayerOutput = tuple[Tensor, Tensor] | Mapping[str, Tensor]
 
-# transformers trains these with the sigmoid focal loss (DeformableDetrForObjectDetectionLoss).
-FOCAL_MODEL_TYPES = ("conditional_detr",)
 
 
 def _upcast(t: Tensor) -> Tensor:
@@ -82,7 +81,7 @@ class SetCriterion(nn.Module):
 
         A ``ConditionalDetrConfig`` gives a ``FocalSetCriterion``, as transformers does.
         """
-        if config.model_type in FOCAL_MODEL_TYPES:
+        if CLASS_LOSS.get(config.model_type) == "focal":  # as transformers' DeformableDetr loss
             return FocalSetCriterion.from_config(config)
         matcher = HungarianMatcher(config.class_cost, config.bbox_cost, config.giou_cost)
         return cls(config.num_labels, matcher, config.eos_coefficient, _weight_dict(config), config.auxiliary_loss)

@@ -1,6 +1,6 @@
 """One forward pass -> the predictions the criterion and post-processing read.
 
-One function per model family, chosen by ``model.config.model_type``:
+By ``model.config.model_type`` (``CLASS_LOSS`` lists the supported families):
 
 - ``detr``: transformers computes the auxiliary (intermediate decoder layer)
   predictions only when it computes its own loss; detr-ft runs the base model
@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Families whose loss transformers computes (detr-ft feeds it the real objects only).
-TRANSFORMERS_LOSS_FAMILIES = ("rt_detr",)
-# Families trained with a sigmoid (focal / varifocal) class loss: logits [..., C], no no-object logit.
-SIGMOID_FAMILIES = ("conditional_detr", "rt_detr")
-SUPPORTED_FAMILIES = ("detr",) + SIGMOID_FAMILIES
+# The supported families (transformers' model_type) and their class loss:
+#   "softmax":      cross-entropy over C + 1 logits (the last: no object), detr-ft's criterion;
+#   "focal":        sigmoid focal loss over C logits, detr-ft's criterion;
+#   "transformers": transformers' own loss (RT-DETR's varifocal + denoising), fed the real objects only.
+CLASS_LOSS = {"detr": "softmax", "conditional_detr": "focal", "rt_detr": "transformers"}
+SUPPORTED_FAMILIES = tuple(CLASS_LOSS)
 
 
 @dataclass
@@ -48,7 +49,7 @@ def family_of(model: nn.Module) -> str:
 
 def uses_transformers_loss(config) -> bool:
     """True for the families whose loss transformers computes (no detr-ft criterion)."""
-    return config.model_type in TRANSFORMERS_LOSS_FAMILIES
+    return CLASS_LOSS.get(config.model_type) == "transformers"
 
 
 def detection_outputs(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor,
@@ -60,23 +61,31 @@ def detection_outputs(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: 
     family = family_of(model)
     if family == "rt_detr":
         return rtdetr_forward(model, pixel_values, pixel_mask)[0]
-    if family == "conditional_detr":
-        return _conditional_detr_outputs(model, pixel_values, pixel_mask, with_aux)
     return _detr_outputs(model, pixel_values, pixel_mask, with_aux)
 
 
 def _detr_outputs(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor,
                   with_aux: bool) -> DetectionOutputs:
+    """DETR and Conditional DETR: the base model, then the class and box heads on the last
+    decoder layer and (``with_aux``) on the intermediate ones."""
     out = model.model(pixel_values=pixel_values, pixel_mask=pixel_mask)
-    hidden = out.last_hidden_state
-    logits = model.class_labels_classifier(hidden)
-    boxes = model.bbox_predictor(hidden).sigmoid()
+    if family_of(model) == "conditional_detr":  # the box head's (x, y) is relative to reference points
+        reference = inverse_sigmoid(out.reference_points).transpose(0, 1)  # [Q, B, 2] -> [B, Q, 2]
+
+        def boxes_of(hidden: torch.Tensor) -> torch.Tensor:  # [..., B, Q, D] -> [..., B, Q, 4]
+            raw = model.bbox_predictor(hidden)
+            return torch.cat([raw[..., :2] + reference, raw[..., 2:]], dim=-1).sigmoid()
+    else:
+        def boxes_of(hidden: torch.Tensor) -> torch.Tensor:
+            return model.bbox_predictor(hidden).sigmoid()
+
+    hidden = out.last_hidden_state  # [B, Q, D]
+    logits, boxes = model.class_labels_classifier(hidden), boxes_of(hidden)
     aux = []
     inter = getattr(out, "intermediate_hidden_states", None)
     if with_aux and inter is not None and model.config.auxiliary_loss:
         inter = inter[:-1]  # [L-1, B, Q, D]
-        aux_logits = model.class_labels_classifier(inter)
-        aux_boxes = model.bbox_predictor(inter).sigmoid()
+        aux_logits, aux_boxes = model.class_labels_classifier(inter), boxes_of(inter)
         aux = [(aux_logits[i], aux_boxes[i]) for i in range(inter.shape[0])]
     return DetectionOutputs(logits, boxes, aux)
 
@@ -85,27 +94,6 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """log(x / (1 - x)) with x clamped to [0, 1] and both terms to at least ``eps`` (transformers' rule)."""
     x = x.clamp(min=0, max=1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
-
-
-def _conditional_detr_outputs(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor,
-                              with_aux: bool) -> DetectionOutputs:
-    out = model.model(pixel_values=pixel_values, pixel_mask=pixel_mask)
-    reference = inverse_sigmoid(out.reference_points).transpose(0, 1)  # [Q, B, 2] -> [B, Q, 2]
-
-    def boxes_of(hidden: torch.Tensor) -> torch.Tensor:  # [..., B, Q, D] -> [..., B, Q, 4]
-        raw = model.bbox_predictor(hidden)
-        return torch.cat([raw[..., :2] + reference, raw[..., 2:]], dim=-1).sigmoid()
-
-    hidden = out.last_hidden_state  # [B, Q, D]
-    logits = model.class_labels_classifier(hidden)
-    boxes = boxes_of(hidden)
-    aux = []
-    inter = getattr(out, "intermediate_hidden_states", None)
-    if with_aux and inter is not None and model.config.auxiliary_loss:
-        inter = inter[:-1]  # [L-1, B, Q, D]
-        aux_logits, aux_boxes = model.class_labels_classifier(inter), boxes_of(inter)
-        aux = [(aux_logits[i], aux_boxes[i]) for i in range(inter.shape[0])]
-    return DetectionOutputs(logits, boxes, aux)
 
 
 # --- RT-DETR ---------------------------------------------------------------------
