@@ -95,6 +95,7 @@ class BenchConfig:
     device: str = "auto"
     precision: str = "fp32"
     compile: bool = False
+    channels_last: bool = True
     data_dir: str | None = None
     images: int = 200
     source_size: int | None = None
@@ -299,6 +300,7 @@ class Sides:
     def __init__(self, cfg: BenchConfig, categories, resize, device: torch.device, only: str | None = None):
         from detr_ft.engine import DetrModule, OptimConfig
         from detr_ft.model.build import ModelBundle
+        from detr_ft.model.speed import channels_last_helps, use_channels_last
 
         model, pretrained, self.note = bench_model(cfg.model, categories.id2label, cfg.seed)
         self.pretrained = pretrained
@@ -310,6 +312,10 @@ class Sides:
             self.initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if only in (None, "ours"):
             self.ours = DetrModule(ModelBundle(model, resize, "detr", pretrained), categories, OptimConfig()).to(device)
+        if cfg.channels_last and channels_last_helps(device):  # as detr-ft train does; stock as it is
+            for name in ("ours", "bare"):
+                if name in self.networks():
+                    use_channels_last(self.networks()[name])
         if cfg.compile:  # the network, as detr-ft train --compile does; the losses stay eager
             for m in self.networks().values():
                 m.model.compile(dynamic=False)
@@ -706,7 +712,7 @@ def stock_pipeline(export_dir: Path, device: torch.device):
 def bench_infer(ws: Workspace, cfg: BenchConfig, device, export_dir: Path, notes: list[str]) -> list[Record]:
     from detr_ft.detector import Detector
 
-    detector = Detector.load(export_dir, device=str(device))
+    detector = Detector.load(export_dir, device=str(device), channels_last=cfg.channels_last)
     pipe = stock_pipeline(export_dir, device)
     paths = [str(ws.index.image_path(r)) for r in ws.index.records[: cfg.infer_images]]
     amp = lambda: autocast(device, cfg.precision)  # noqa: E731
@@ -830,7 +836,8 @@ def _rss_child(task: str, side: str, cfg: BenchConfig, root: str, export_dir: st
                 if side == "ours":
                     from detr_ft.detector import Detector
 
-                    Detector.load(export_dir, device=str(device)).predict(paths, THRESHOLD, cfg.batch_size)
+                    detector = Detector.load(export_dir, device=str(device), channels_last=cfg.channels_last)
+                    detector.predict(paths, THRESHOLD, cfg.batch_size)
                 else:
                     pipe = stock_pipeline(Path(export_dir), device)
                     pipe(paths, threshold=THRESHOLD, batch_size=pipeline_batch_size(pipe, paths, cfg.batch_size))
@@ -905,6 +912,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
         log(f"bench: dataset ready in {time.perf_counter() - started:.0f} s")
         notes.append(f"data: {ws.source}; resize short {ws.resize.shortest} / long {ws.resize.longest}; "
                      f"stock preprocessing {type(ws.processor).__name__}")
+        from detr_ft.model.speed import channels_last_helps
+
+        layout = "channels-last" if cfg.channels_last and channels_last_helps(device) else "contiguous (NCHW)"
+        notes.append(f"layout: detr-ft's models (and the bare network) {layout}, the stock side NCHW as it is")
         if cfg.data_dir is None:  # the memory children reuse the dataset written here
             cfg = replace(cfg, data_dir=str(ws.data_dir))
         steps = [w for w in ("startup", "data", "train", "static", "infer") if w in cfg.what]
@@ -988,6 +999,7 @@ def config_from_args(args) -> BenchConfig:
     cfg = BenchConfig(what=tuple(w.strip() for w in args.what.split(",") if w.strip()), model=args.model,
                       image_size=parse_image_size(args.image_size), batch_size=args.batch_size, steps=args.steps,
                       warmup=args.warmup, device=args.device, precision=args.precision, compile=args.compile,
+                      channels_last=args.channels_last,
                       data_dir=args.data_dir, images=args.images, source_size=args.source_size,
                       rounds=args.rounds, workers=workers, memory=args.memory, threads=args.threads)
     return cfg.resolved()

@@ -103,6 +103,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pad-canvases", choices=["square", "auto"], default=d.pad_canvases,
                    help="auto: a landscape and a portrait canvas, batches grouped by orientation")
     g.add_argument("--compile", action=b, default=d.compile, help="torch.compile the model")
+    g.add_argument("--channels-last", action=b, default=d.channels_last,
+                   help="channels-last convolutions on CPU and CUDA (faster there; numerics unchanged)")
     g.add_argument("--devices", type=int, default=d.devices)
     g.add_argument("--num-nodes", type=int, default=d.num_nodes)
     g.add_argument("--strategy", default=d.strategy, help="Lightning strategy (auto, ddp, ddp_spawn, ...)")
@@ -146,6 +148,8 @@ def build_parser() -> Parser:
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--device", choices=DEVICES, default="auto")
     ev.add_argument("--on-bad-data", choices=["error", "skip"], default="error")
+    ev.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                    help="channels-last convolutions on CPU and CUDA")
     add_common(ev)
 
     pr = sub.add_parser("predict", help="annotated images and detections.json")
@@ -161,6 +165,8 @@ def build_parser() -> Parser:
     pr.add_argument("--device", choices=DEVICES, default="auto")
     pr.add_argument("--pad", action=argparse.BooleanOptionalAction, default=False,
                     help="run on the fixed canvas of training (static shapes)")
+    pr.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                    help="channels-last convolutions on CPU and CUDA")
     pr.add_argument("--cuda-graphs", action="store_true",
                     help="replay CUDA graphs (torch.compile reduce-overhead); needs --pad and --device cuda")
     pr.add_argument("--num-buckets", type=int, default=0,
@@ -190,6 +196,8 @@ def build_parser() -> Parser:
     bench.add_argument("--rounds", type=int, default=3, help="timed passes per side (data, startup, infer)")
     bench.add_argument("--device", choices=DEVICES, default="auto")
     bench.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, both sides")
+    bench.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                       help="detr-ft's side (and the bare network) channels-last on CPU and CUDA, as train/predict")
     bench.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                        help="torch.compile the network on both sides; CUDA graphs for the batch-1 latency")
     bench.add_argument("--data-dir", help="a dataset in CPPE-5 layout (default: a synthetic one, --images big)")
@@ -349,7 +357,7 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
         run_eval(args.ckpt_path, args.data_dir, out, args.split, args.batch_size, device=args.device,
-                 on_bad_data=args.on_bad_data, hf_dataset=args.hf_dataset)
+                 on_bad_data=args.on_bad_data, hf_dataset=args.hf_dataset, channels_last=args.channels_last)
         print(f"\nmetrics: {out / 'metrics.json'}\ndetections: {out / 'detections.json'}")
         return 0
     if args.command == "predict":
@@ -404,7 +412,7 @@ def cmd_predict(args: argparse.Namespace, out: Path) -> int:
     summary = run_predict(args.ckpt_path, out, images=args.images, data_dir=args.data_dir, split=args.split,
                           threshold=args.threshold, max_inf_frames=args.max_inf_frames,
                           batch_size=args.batch_size, device=args.device, pad=args.pad, hf_dataset=args.hf_dataset,
-                          cuda_graphs=args.cuda_graphs)
+                          cuda_graphs=args.cuda_graphs, channels_last=args.channels_last)
     print_summary("predict", out, {k: summary[k] for k in ("images", "detections", "annotated",
                                                            "detections_json")})
     return 0

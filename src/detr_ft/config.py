@@ -33,6 +33,7 @@ class TrainConfig:
     pad_canvases: str = "square"
     autocast: bool = False
     compile: bool = False
+    channels_last: bool = True
     device: str = "auto"
     devices: int = 1
     num_nodes: int = 1

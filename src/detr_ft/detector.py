@@ -29,15 +29,24 @@ from detr_ft.devices import inference_device
 from detr_ft.errors import UserError
 from detr_ft.model.outputs import detection_outputs
 from detr_ft.model.postprocess import Detections, postprocess
+from detr_ft.model.speed import channels_last_helps, fold_batch_norms, use_channels_last
 
 
 class Detector:
-    """A fine-tuned detector with its preprocessing and class names."""
+    """A fine-tuned detector with its preprocessing and class names.
+
+    Made for inference: the model's batch norms are folded into its convolutions, which
+    run channels-last on CPU and CUDA unless ``channels_last=False`` (``model/speed.py``);
+    export from the checkpoint, not from ``Detector.model``.
+    """
 
     def __init__(self, model, resize_spec: ResizeSpec, categories: Categories, device: str = "auto",
-                 canvas: tuple[int, int] | None = None):
+                 canvas: tuple[int, int] | None = None, channels_last: bool = True):
         self.device = inference_device(device)
         self.model = model.eval().to(self.device)
+        fold_batch_norms(self.model)
+        if channels_last and channels_last_helps(self.device):
+            use_channels_last(self.model)
         self.resize = resize_spec
         self.categories = categories
         self.use_canvas(canvas)
@@ -49,11 +58,13 @@ class Detector:
                                  fill_to=fill_to)
 
     @classmethod
-    def load(cls, path, device: str = "auto", canvas: tuple[int, int] | None = None) -> "Detector":
+    def load(cls, path, device: str = "auto", canvas: tuple[int, int] | None = None,
+             channels_last: bool = True) -> "Detector":
         """A detector from a detr-ft checkpoint file or a Hugging Face model directory.
 
         device: auto (CUDA, then MPS, then CPU), cpu, cuda, hpu or mps.
         canvas: a fixed (H, W) to pad every batch to (static shapes), or None.
+        channels_last: channels-last convolutions where they are faster (CPU, CUDA).
         """
         path = Path(path).expanduser()
         if path.is_dir():
@@ -66,7 +77,7 @@ class Detector:
             model, resize_spec, categories, _ = model_from_checkpoint(path)
         else:
             raise UserError(f"{path}: no such checkpoint file or model directory")
-        return cls(model, resize_spec, categories, device=device, canvas=canvas)
+        return cls(model, resize_spec, categories, device=device, canvas=canvas, channels_last=channels_last)
 
     def sample(self, image: Image.Image, image_id: int = 0) -> Sample:
         image = to_rgb(image)

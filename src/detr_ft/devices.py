@@ -51,11 +51,18 @@ def require(device: str) -> None:
         raise UserError("--device mps: Apple MPS is not available here; use --device cpu or auto")
 
 
+def device_type(device: str) -> str:
+    """The device type ``--device`` names; for ``auto``: CUDA, then MPS, then the CPU (as Lightning picks)."""
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
+
+
 def inference_device(device: str = "auto") -> torch.device:
     """The torch device for ``--device`` outside Lightning (eval, predict, the ``Detector``
     API): ``auto`` takes CUDA, then MPS, then the CPU; a UserError where unavailable."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu")
+        return torch.device(device_type(device))
     require(device)
     if device == "hpu":
         try:

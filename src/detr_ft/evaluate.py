@@ -21,9 +21,9 @@ MAX_DETECTIONS = 100
 
 def run_eval(ckpt_path: str, data_dir: str, out_dir: Path, split: str = "test", batch_size: int = 8,
              num_workers: int = 0, device: str = "auto", on_bad_data: str = "error",
-             hf_dataset: str | None = None) -> dict:
+             hf_dataset: str | None = None, channels_last: bool = True) -> dict:
     """Evaluate; writes metrics.json, detections.json and per_class_ap.png into ``out_dir``."""
-    detector = Detector.load(ckpt_path, device=device)
+    detector = Detector.load(ckpt_path, device=device, channels_last=channels_last)
     index = read_split(data_dir, split, on_bad_data, categories=detector.categories, hf_dataset=hf_dataset)
     loader = DataLoader(DetectionDataset(index, detector.resize), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=detector.collator)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -16,10 +17,11 @@ from detr_ft.config import TrainConfig
 from detr_ft.data.batching import Collator, compute_buckets, padded_pixel_fraction
 from detr_ft.data.hf_dataset import read_split
 from detr_ft.engine import DetectionData, DetrModule, NonFiniteLossError, OptimConfig, Throughput
-from detr_ft.devices import trainer_device
+from detr_ft.devices import trainer_device, device_type
 from detr_ft.errors import UserError
 from detr_ft.metrics import METRIC_NAMES, ground_truth
 from detr_ft.model.build import ModelBundle, build_model, set_backbone_trainable
+from detr_ft.model.speed import channels_last_helps, use_channels_last
 from detr_ft.plots import plot_curves
 from detr_ft.resume import ContinuingCSVLogger, StepSeed, remove_stale_temporaries, resume_point
 
@@ -116,6 +118,8 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
     collator = Collator(bundle.resize.mean, bundle.resize.std, canvases=canvases, buckets=buckets)
     val_collator = Collator(bundle.resize.mean, bundle.resize.std, canvases=canvases, buckets=buckets,
                             fill_to=cfg.batch_size if cfg.pad else None)
+    if cfg.channels_last and channels_last_helps(device_type(cfg.device)):
+        use_channels_last(bundle.model)
     if cfg.compile:
         torch._dynamo.reset()
         bundle.model.model.compile(dynamic=False)
@@ -213,9 +217,10 @@ def sample_predictions(module: DetrModule, resize, categories, cfg: TrainConfig,
     from detr_ft.detector import Detector
     from detr_ft.predict import run_predict
 
-    detector = Detector(module.model, resize, categories, device=module.device.type)
+    # a copy: the Detector folds its model's batch norms for inference
+    detector = Detector(copy.deepcopy(module.model), resize, categories, device=module.device.type,
+                        channels_last=cfg.channels_last)
     run_predict("", out / "predictions", data_dir=cfg.data_dir, split="test", threshold=cfg.threshold,
                 max_inf_frames=cfg.max_inf_frames, batch_size=cfg.batch_size, detector=detector,
                 hf_dataset=cfg.hf_dataset)
-    module.model.train()
     return str(out / "predictions")

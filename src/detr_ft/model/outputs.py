@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detr_ft.model.speed import model_pixels
+
 # The supported families (transformers' model_type) and their class loss:
 #   "softmax":      cross-entropy over C + 1 logits (the last: no object), detr-ft's criterion;
 #   "focal":        sigmoid focal loss over C logits, detr-ft's criterion;
@@ -68,7 +70,7 @@ def _detr_outputs(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torc
                   with_aux: bool) -> DetectionOutputs:
     """DETR and Conditional DETR: the base model, then the class and box heads on the last
     decoder layer and (``with_aux``) on the intermediate ones."""
-    out = model.model(pixel_values=pixel_values, pixel_mask=pixel_mask)
+    out = model.model(pixel_values=model_pixels(model, pixel_values), pixel_mask=pixel_mask)
     if family_of(model) == "conditional_detr":  # the box head's (x, y) is relative to reference points
         reference = inverse_sigmoid(out.reference_points).transpose(0, 1)  # [Q, B, 2] -> [B, Q, 2]
 
@@ -134,7 +136,7 @@ def rtdetr_forward(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: tor
     if targets is not None:
         labels = [{"class_labels": t["class_labels"], "boxes": t["boxes"].to(scale.dtype) * scale[i]}
                   for i, t in enumerate(targets)]
-    out = model(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=labels)
+    out = model(pixel_values=model_pixels(model, pixel_values), pixel_mask=pixel_mask, labels=labels)
     queries = model.config.num_queries  # in training the denoising queries come first: keep the last Q
     logits, boxes = out.logits[:, -queries:], out.pred_boxes[:, -queries:]
     boxes = boxes / scale.to(boxes.dtype)  # canvas frame -> real-image frame

@@ -1,0 +1,124 @@
+"""Layout and fusion (model/speed.py): channels-last convolutions and folded batch norms change
+speed, not results."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from detr_ft.data.batching import Collator
+from detr_ft.data.coco import load_index
+from detr_ft.data.dataset import DetectionDataset
+from detr_ft.engine import DetrModule, OptimConfig
+from detr_ft.model.build import build_model
+from detr_ft.model.outputs import detection_outputs
+from detr_ft.model.speed import fold_batch_norms, model_pixels, use_channels_last
+
+pytestmark = pytest.mark.compat  # transformers' module layouts differ between 4.57 and 5.x
+
+
+def _batch(index, resize, n=3, train=False):
+    ds = DetectionDataset(index, resize, train=train)
+    return Collator(resize.mean, resize.std)([ds[i] for i in range(n)]).ready("cpu")
+
+
+def _norms(model) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) or type(m).__name__.endswith("FrozenBatchNorm2d")
+               for m in model.modules())
+
+
+@pytest.mark.parametrize("preset", ["detr-tiny", "conditional-detr-tiny", "rtdetr-tiny"])
+def test_folded_batch_norms_predict_the_same(preset, synthetic_dir):
+    index = load_index(synthetic_dir, "train")
+    torch.manual_seed(0)
+    bundle = build_model(preset, index.categories.id2label)
+    model = bundle.model.eval()
+    with torch.no_grad():  # running statistics away from (0, 1), so that folding has work to do
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    batch = _batch(index, bundle.resize)
+    folded = copy.deepcopy(model)
+    count = fold_batch_norms(folded)
+    assert count > 0 and _norms(folded) == _norms(model) - count
+    with torch.no_grad():
+        a = detection_outputs(model, batch.pixel_values, batch.pixel_mask, with_aux=False)
+        b = detection_outputs(folded, batch.pixel_values, batch.pixel_mask, with_aux=False)
+    torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(a.boxes, b.boxes, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norms(copy.deepcopy(model).train())
+
+
+def test_frozen_batch_norms_of_a_resnet_50_fold(synthetic_dir):
+    """DETR-R50's backbone: transformers' frozen batch norms (pretrained weights' layout)."""
+    from detr_ft.bench import r50_config
+    from detr_ft.model.build import model_from_config
+
+    index = load_index(synthetic_dir, "train")
+    torch.manual_seed(0)
+    model = model_from_config(r50_config(index.categories.id2label)).eval()
+    frozen = [m for m in model.modules() if type(m).__name__ == "DetrFrozenBatchNorm2d"]
+    with torch.no_grad():
+        for m in frozen:
+            m.running_var.uniform_(0.5, 2.0)
+            m.bias.uniform_(-0.2, 0.2)
+    folded = copy.deepcopy(model)
+    assert fold_batch_norms(folded) == len(frozen) == 53 and _norms(folded) == 0
+    x = torch.randn(1, 3, 64, 96)
+    mask = torch.ones(1, 64, 96, dtype=torch.long)
+    with torch.no_grad():
+        a = detection_outputs(model, x, mask, with_aux=False)
+        b = detection_outputs(folded, x, mask, with_aux=False)
+    torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("preset", ["detr-tiny", "rtdetr-tiny"])
+def test_channels_last_trains_the_same(preset, synthetic_dir):
+    """One loss and its gradients, channels-last against NCHW, in float64 (in float32 the trainable
+    batch norms' backward magnifies the two layouts' rounding to ~1e-3): the same function. The
+    model gets its pixels channels-last."""
+    from dataclasses import replace
+
+    index = load_index(synthetic_dir, "train")
+    torch.manual_seed(0)
+    bundle = build_model(preset, index.categories.id2label)
+    plain = DetrModule(bundle, index.categories, OptimConfig()).double()
+    fast = copy.deepcopy(plain)
+    use_channels_last(fast.model)
+    convs = [m for m in fast.model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    batch = _batch(index, bundle.resize, n=4, train=True)
+    assert model_pixels(fast.model, batch.pixel_values).is_contiguous(memory_format=torch.channels_last)
+    assert model_pixels(plain.model, batch.pixel_values) is batch.pixel_values
+    batch = replace(batch, pixel_values=batch.pixel_values.double(), boxes=batch.boxes.double())
+    results = {}
+    for name, module in (("plain", plain), ("fast", fast)):
+        torch.manual_seed(1)  # RT-DETR draws its denoising queries
+        loss = module.compute_loss(batch)["loss"]
+        loss.backward()
+        results[name] = loss.detach(), {n: p.grad for n, p in module.model.named_parameters() if p.grad is not None}
+    (loss_plain, grads_plain), (loss_fast, grads_fast) = results["plain"], results["fast"]
+    torch.testing.assert_close(loss_plain, loss_fast, rtol=1e-10, atol=1e-10)
+    assert set(grads_plain) == set(grads_fast) and len(grads_plain) > 10
+    for n in grads_plain:
+        torch.testing.assert_close(grads_plain[n], grads_fast[n], rtol=1e-7, atol=1e-9, msg=n)
+
+
+def test_train_uses_channels_last_unless_told_not_to(synthetic_dir, tmp_path):
+    from detr_ft.config import TrainConfig
+    from detr_ft.train import fit
+
+    def conv_layouts(**kw):
+        cfg = TrainConfig(output_dir=str(tmp_path / str(len(kw))), data_dir=str(synthetic_dir), model="detr-tiny",
+                          max_steps=1, batch_size=8, num_workers=0, train_only=True, **kw)
+        module = fit(cfg)[1]
+        return {c.weight.is_contiguous(memory_format=torch.channels_last)  # 1x1 kernels are both layouts at once
+                for c in module.model.modules() if isinstance(c, nn.Conv2d) and c.kernel_size != (1, 1)}
+
+    assert conv_layouts() == {True}
+    assert conv_layouts(channels_last=False) == {False}
