@@ -11,6 +11,7 @@
 # on an H100. Without a CUDA device it stops at once: one line on stderr, exit code 2.
 #
 #   bash benchmarks/gpu.sh > gpu.json     # PYTHON=..., BATCH=8 STEPS=10 IMAGES=100 WHAT=... COMPILE_WHAT=... WORK=DIR
+#                                         # CHANNELS_LAST=0: detr-ft's side in NCHW too (default 1, as train)
 set -euo pipefail
 
 BATCH="${BATCH:-8}"
@@ -18,6 +19,8 @@ STEPS="${STEPS:-10}"
 IMAGES="${IMAGES:-100}"
 STATIC_COMPILE="${STATIC_COMPILE:-0}"
 WHAT="${WHAT:-train,static,infer,startup,data}"   # the eager run's benchmarks
+layout=--channels-last
+[ "${CHANNELS_LAST:-1}" = "0" ] && layout=--no-channels-last
 source "$(dirname "${BASH_SOURCE[0]}")/cuda_env.sh"
 
 if [ -n "${WORK:-}" ]; then   # keep the records (and what a run cut short had written) in $WORK
@@ -36,7 +39,7 @@ print(f"gpu.sh: {sys.argv[2]} synthetic images written")
 EOF
 
 common=(--model detr-r50 --image-size 800x1333 --batch-size "$BATCH" --steps "$STEPS" --warmup 3 --rounds 2
-        --device cuda --precision bf16 --data-dir "$work/data")
+        --device cuda --precision bf16 --data-dir "$work/data" "$layout")
 compiled_what="train,infer"
 [ "$STATIC_COMPILE" = "1" ] && compiled_what="train,static,infer"
 compiled_what="${COMPILE_WHAT:-$compiled_what}"
