@@ -69,6 +69,10 @@ def test_frozen_batch_norms_of_a_resnet_50_fold(synthetic_dir):
             m.bias.uniform_(-0.2, 0.2)
     folded = copy.deepcopy(model)
     assert fold_batch_norms(folded) == len(frozen) == 53 and _norms(folded) == 0
+    # the ReLU of each folded conv block works in place: the stem's and the first two of each
+    # of the 16 bottlenecks (their third convolution has none; the ReLU after the sum is left)
+    assert sum(isinstance(m, nn.ReLU) and m.inplace for m in folded.modules()) == 1 + 16 * 2
+    assert not any(isinstance(m, nn.ReLU) and m.inplace for m in model.modules())
     x = torch.randn(1, 3, 64, 96)
     mask = torch.ones(1, 64, 96, dtype=torch.long)
     with torch.no_grad():
