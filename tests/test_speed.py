@@ -126,3 +126,33 @@ def test_train_uses_channels_last_unless_told_not_to(synthetic_dir, tmp_path):
 
     assert conv_layouts() == {True}
     assert conv_layouts(channels_last=False) == {False}
+
+
+def test_predict_and_eval_with_and_without_channels_last_agree(trained_run, synthetic_dir, tmp_path, monkeypatch):
+    """The CLI's --no-channels-last reaches the Detector; both layouts give the same detections."""
+    import json
+
+    from detr_ft import detector
+    from detr_ft.cli import main
+
+    converted = []
+    real = detector.use_channels_last
+    monkeypatch.setattr(detector, "use_channels_last", lambda model: converted.append(1) or real(model))
+    ckpt, data = str(trained_run / "last.ckpt"), str(synthetic_dir)
+    found = {}
+    for flag, conversions in (("--channels-last", 2), ("--no-channels-last", 0)):
+        converted.clear()
+        out = tmp_path / flag
+        assert main(["predict", "--ckpt-path", ckpt, "--data-dir", data, "--threshold", "0", "--max-inf-frames", "3",
+                     "--device", "cpu", flag, "--output-dir", str(out / "predict")]) == 0
+        assert main(["eval", "--ckpt-path", ckpt, "--data-dir", data, "--device", "cpu", flag,
+                     "--output-dir", str(out / "eval")]) == 0
+        assert len(converted) == conversions, flag  # predict's Detector and eval's
+        found[flag] = (json.loads((out / "predict" / "detections.json").read_text()),
+                       json.loads((out / "eval" / "metrics.json").read_text()))
+    (dets_a, metrics_a), (dets_b, metrics_b) = found.values()
+    assert len(dets_a) == len(dets_b) > 0
+    for a, b in zip(sorted(dets_a, key=lambda d: (d["image_id"], -d["score"])),
+                    sorted(dets_b, key=lambda d: (d["image_id"], -d["score"]))):
+        assert a["image_id"] == b["image_id"] and a["score"] == pytest.approx(b["score"], abs=1e-4)
+    assert metrics_a["map"] == pytest.approx(metrics_b["map"], abs=1e-3)
