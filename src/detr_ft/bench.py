@@ -313,9 +313,9 @@ class Sides:
         if only in (None, "ours"):
             self.ours = DetrModule(ModelBundle(model, resize, "detr", pretrained), categories, OptimConfig()).to(device)
         if cfg.channels_last and channels_last_helps(device):  # as detr-ft train does; stock as it is
-            for name in ("ours", "bare"):
-                if name in self.networks():
-                    use_channels_last(self.networks()[name])
+            for name, m in self.networks().items():
+                if name != "stock":
+                    use_channels_last(m)
         if cfg.compile:  # the network, as detr-ft train --compile does; the losses stay eager
             for m in self.networks().values():
                 m.model.compile(dynamic=False)
@@ -893,8 +893,8 @@ def quiet_progress_bars() -> None:
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[list[Record], list[str], dict]:
     """Run the benchmarks ``cfg.what``; returns (records, notes, environment: the machine
     before and after, and every timed step's seconds)."""
-    from detr_ft.devices import inference_device
-    from detr_ft.devices import machine_facts
+    from detr_ft.devices import inference_device, machine_facts
+    from detr_ft.model.speed import channels_last_helps
 
     cfg = cfg.resolved()
     device = inference_device(cfg.device)
@@ -912,8 +912,6 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
         log(f"bench: dataset ready in {time.perf_counter() - started:.0f} s")
         notes.append(f"data: {ws.source}; resize short {ws.resize.shortest} / long {ws.resize.longest}; "
                      f"stock preprocessing {type(ws.processor).__name__}")
-        from detr_ft.model.speed import channels_last_helps
-
         layout = "channels-last" if cfg.channels_last and channels_last_helps(device) else "contiguous (NCHW)"
         notes.append(f"layout: detr-ft's models (and the bare network) {layout}, the stock side NCHW as it is")
         if cfg.data_dir is None:  # the memory children reuse the dataset written here

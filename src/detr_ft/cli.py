@@ -50,6 +50,12 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
 
 
+def add_channels_last(p, default: bool = True) -> None:
+    """``--channels-last`` / ``--no-channels-last`` (train, eval, predict, bench)."""
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=default,
+                   help="channels-last convolutions on CPU and CUDA (faster there; the same results)")
+
+
 def add_train_args(p: argparse.ArgumentParser) -> None:
     b = argparse.BooleanOptionalAction
     d = TrainConfig()
@@ -103,8 +109,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pad-canvases", choices=["square", "auto"], default=d.pad_canvases,
                    help="auto: a landscape and a portrait canvas, batches grouped by orientation")
     g.add_argument("--compile", action=b, default=d.compile, help="torch.compile the model")
-    g.add_argument("--channels-last", action=b, default=d.channels_last,
-                   help="channels-last convolutions on CPU and CUDA (faster there; numerics unchanged)")
+    add_channels_last(g, d.channels_last)
     g.add_argument("--devices", type=int, default=d.devices)
     g.add_argument("--num-nodes", type=int, default=d.num_nodes)
     g.add_argument("--strategy", default=d.strategy, help="Lightning strategy (auto, ddp, ddp_spawn, ...)")
@@ -148,8 +153,7 @@ def build_parser() -> Parser:
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--device", choices=DEVICES, default="auto")
     ev.add_argument("--on-bad-data", choices=["error", "skip"], default="error")
-    ev.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                    help="channels-last convolutions on CPU and CUDA")
+    add_channels_last(ev)
     add_common(ev)
 
     pr = sub.add_parser("predict", help="annotated images and detections.json")
@@ -165,8 +169,7 @@ def build_parser() -> Parser:
     pr.add_argument("--device", choices=DEVICES, default="auto")
     pr.add_argument("--pad", action=argparse.BooleanOptionalAction, default=False,
                     help="run on the fixed canvas of training (static shapes)")
-    pr.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                    help="channels-last convolutions on CPU and CUDA")
+    add_channels_last(pr)
     pr.add_argument("--cuda-graphs", action="store_true",
                     help="replay CUDA graphs (torch.compile reduce-overhead); needs --pad and --device cuda")
     pr.add_argument("--num-buckets", type=int, default=0,
@@ -196,8 +199,7 @@ def build_parser() -> Parser:
     bench.add_argument("--rounds", type=int, default=3, help="timed passes per side (data, startup, infer)")
     bench.add_argument("--device", choices=DEVICES, default="auto")
     bench.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, both sides")
-    bench.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                       help="detr-ft's side (and the bare network) channels-last on CPU and CUDA, as train/predict")
+    add_channels_last(bench)  # detr-ft's side and the bare network; the stock side stays NCHW
     bench.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                        help="torch.compile the network on both sides; CUDA graphs for the batch-1 latency")
     bench.add_argument("--data-dir", help="a dataset in CPPE-5 layout (default: a synthetic one, --images big)")

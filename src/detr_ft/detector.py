@@ -81,8 +81,8 @@ class Detector:
 
     def sample(self, image: Image.Image, image_id: int = 0) -> Sample:
         image = to_rgb(image)
-        return Sample(resized_tensor(image, self.resize), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), image_id,
-                      (image.height, image.width))
+        return Sample(resized_tensor(image, self.resize), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long),
+                      image_id, (image.height, image.width))
 
     def detect_samples(self, samples: list[Sample], threshold: float = 0.0) -> list[Detections]:
         return self.detect_batch(self.collator(samples).ready(self.device, non_blocking=True), threshold)

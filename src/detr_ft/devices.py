@@ -79,7 +79,7 @@ def trainer_device(device: str, devices: int, num_nodes: int, strategy: str, aut
     require(device)
     if device == "cuda" and devices > torch.cuda.device_count():
         raise UserError(f"--devices {devices}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    if device in ("cuda", "auto") and torch.cuda.is_available():
+    if device_type(device) == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if device != "hpu":

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from torch.utils.data import DataLoader
 
 from detr_ft.data.hf_dataset import read_split
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.detector import Detector
 from detr_ft.metrics import coco_metrics, format_table, ground_truth
-from detr_ft.model.outputs import detection_outputs
-from detr_ft.model.postprocess import postprocess, to_coco_results
+from detr_ft.model.postprocess import to_coco_results
 from detr_ft.plots import plot_per_class
 
 MAX_DETECTIONS = 100
@@ -28,13 +26,9 @@ def run_eval(ckpt_path: str, data_dir: str, out_dir: Path, split: str = "test", 
     loader = DataLoader(DetectionDataset(index, detector.resize), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=detector.collator)
     results: list[dict] = []
-    with torch.inference_mode():
-        for batch in loader:
-            batch = batch.ready(detector.device)
-            out = detection_outputs(detector.model, batch.pixel_values, batch.pixel_mask, with_aux=False)
-            for dets, image_id in zip(postprocess(out.logits, out.boxes, batch.orig_sizes, detector.categories),
-                                      batch.image_ids.tolist()):
-                results += to_coco_results(dets, image_id)[:MAX_DETECTIONS]
+    for batch in loader:
+        for dets, image_id in zip(detector.detect_batch(batch.ready(detector.device)), batch.image_ids.tolist()):
+            results += to_coco_results(dets, image_id)[:MAX_DETECTIONS]
     metrics = coco_metrics(ground_truth(index.records, detector.categories), results, detector.categories)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from detr_ft.config import TrainConfig
 from detr_ft.data.batching import Collator, compute_buckets, padded_pixel_fraction
 from detr_ft.data.hf_dataset import read_split
 from detr_ft.engine import DetectionData, DetrModule, NonFiniteLossError, OptimConfig, Throughput
-from detr_ft.devices import trainer_device, device_type
+from detr_ft.devices import device_type, trainer_device
 from detr_ft.errors import UserError
 from detr_ft.metrics import METRIC_NAMES, ground_truth
 from detr_ft.model.build import ModelBundle, build_model, set_backbone_trainable
@@ -175,8 +175,8 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
         limit_val_batches=0 if cfg.train_only else None, enable_model_summary=False,
         default_root_dir=out, plugins=[checkpoint_io, *device.plugins],
         # trainable batch norm (random-init presets) sees the global batch on GPUs
-        sync_batchnorm=cfg.devices * cfg.num_nodes > 1 and not bundle.pretrained and cfg.device in ("cuda", "auto")
-        and torch.cuda.is_available(),
+        sync_batchnorm=(cfg.devices * cfg.num_nodes > 1 and not bundle.pretrained
+                        and device_type(cfg.device) == "cuda"),
     )
     if trainer.is_global_zero:  # the Trainer knows its rank once built (torchrun, SLURM, its own launcher)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

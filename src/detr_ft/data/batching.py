@@ -44,13 +44,15 @@ class Batch:
     orig_sizes: torch.Tensor
     norm: torch.Tensor | None = None
 
+    def _map(self, fn) -> "Batch":
+        """A Batch of ``fn(tensor)`` for every field that holds one."""
+        return Batch(**{f.name: fn(t) for f in fields(self) if (t := getattr(self, f.name)) is not None})
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-                        for f in fields(self) if getattr(self, f.name) is not None})
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> "Batch":
-        return Batch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)
-                        if getattr(self, f.name) is not None})
+        return self._map(torch.Tensor.pin_memory)
 
     def ready(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         """The batch on ``device`` with normalised float pixels. The uint8 pixels travel (a

@@ -140,12 +140,17 @@ class HfIndex(CocoIndex):
         return decode_image(_image_source(item), f"--hf-dataset image of image_id {record.image_id}")
 
 
-def _header_size(item: dict) -> tuple[int, int] | tuple[str, None]:
-    """(width, height) as displayed from the image's header; (why not, None) if it cannot be read."""
-    try:
-        return displayed_size(_image_source(item))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return f"image not readable ({first_line(e)})", None
+def _header_sizes(images) -> tuple[list[tuple[int | None, int | None]], dict[int, str]]:
+    """(width, height) per row as displayed, from the image headers; and why, per row whose
+    header cannot be read (its size is (None, None))."""
+    sizes, problems = [], {}
+    for row, item in enumerate(images["image"]):
+        try:
+            sizes.append(displayed_size(_image_source(item)))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            sizes.append((None, None))
+            problems[row] = f"image not readable ({first_line(e)})"
+    return sizes, problems
 
 
 def _image_source(item: dict):
@@ -194,17 +199,18 @@ def load_hf_index(name_or_path: str, split: str, on_bad_data: str = "error",
     columns = dataset.select_columns(small)[:]  # no image decoded
     n = len(dataset)
     ids = columns.get("image_id") or list(range(n))
+    header_problems: dict[int, str] = {}
     if "width" in columns and "height" in columns:
         sizes = list(zip(columns["width"], columns["height"]))
     else:
-        sizes = [_header_size(item) for item in images["image"]]
+        sizes, header_problems = _header_sizes(images)
     cat_index = {c: k for k, c in enumerate(cats.ids)}
     report, bad, records, rows = DataReport(), [], [], {}
     for row in range(n):
         image_id, (width, height) = ids[row], sizes[row]
         bboxes, labels = _objects(columns["objects"][row])
-        problem = width if isinstance(width, str) else _row_problem(image_id, width, height, bboxes, labels,
-                                                                    rows, cat_index)
+        problem = header_problems.get(row) or _row_problem(image_id, width, height, bboxes, labels, rows,
+                                                            cat_index)
         if problem:
             bad.append(f"row {row} (image_id {image_id!r}): {problem}")
             continue

@@ -60,7 +60,7 @@ def load_image(path: Path) -> Image.Image:
 
 
 def decode_image(source, name: str) -> Image.Image:
-    """Decode a file path, a binary file object or a PIL image as upright RGB.
+    """Decode a file path or a binary file object as upright RGB.
 
     Large images are allowed (Pillow's decompression-bomb warning is silenced, its
     error kept); anything unreadable is a ``UserError`` naming ``name``.
@@ -68,7 +68,7 @@ def decode_image(source, name: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = source if isinstance(source, Image.Image) else Image.open(source)
+            im = Image.open(source)
             try:
                 im.load()  # decodes, then closes a file it opened (a single frame)
             except BaseException:
@@ -127,7 +127,7 @@ def image_tensor(image: Image.Image, size: tuple[int, int] | None = None) -> tor
 
     Resizing runs torch's antialiased bilinear kernel on uint8: the pixels Pillow's
     BILINEAR resize gives (within one grey level, tested), in about half the time.
-    Normalisation happens once per batch, in the collate.
+    Normalisation happens once per batch, in ``Batch.ready``.
     """
     hwc = np.asarray(image)  # a read-only view of Pillow's bytes: torch only reads it
     with warnings.catch_warnings():

@@ -27,7 +27,6 @@ from detr_ft.model.outputs import CLASS_LOSS
 LayerOutput = tuple[Tensor, Tensor] | Mapping[str, Tensor]
 
 
-
 def _upcast(t: Tensor) -> Tensor:
     """float16 / bfloat16 -> float32; float32 and float64 unchanged."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
