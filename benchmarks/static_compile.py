@@ -42,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import lightning as L
-    import torch
 
     from detr_ft.cli import configure_logging
     from detr_ft.config import TrainConfig

@@ -87,7 +87,7 @@ def test_bench_mistakes_exit_2_with_one_line(argv, needle, tmp_path, capsys):
 
 
 def test_speedup_means_detr_ft_is_better():
-    from detr_ft.bench import Record
+    from detr_ft.bench.config import Record
 
     assert Record("train", "c", 30.0, 10.0, "images/s").speedup == pytest.approx(3.0)
     assert Record("startup", "c", 0.5, 10.0, "s").speedup == pytest.approx(20.0)
@@ -96,7 +96,7 @@ def test_speedup_means_detr_ft_is_better():
 
 
 def test_image_size_and_defaults_per_model():
-    from detr_ft.bench import BenchConfig, parse_image_size
+    from detr_ft.bench.config import BenchConfig, parse_image_size
 
     assert parse_image_size("320") == (320, 320)
     assert parse_image_size("800x1333") == (800, 1333)
@@ -108,7 +108,7 @@ def test_image_size_and_defaults_per_model():
 
 @pytest.mark.compat
 def test_stock_collate_pads_targets_to_the_bucket_as_the_original():
-    from detr_ft.bench import StockCollate, stock_buckets, stock_processor
+    from detr_ft.bench.stock import StockCollate, stock_buckets, stock_processor
     from detr_ft.data.transforms import ResizeSpec
 
     processor = stock_processor(ResizeSpec(32, 48))
@@ -133,7 +133,7 @@ def test_stock_collate_pads_targets_to_the_bucket_as_the_original():
 
 @pytest.mark.compat
 def test_stock_dataset_matches_the_processor_and_contiguous_labels(synthetic_dir):
-    from detr_ft.bench import StockCocoDetection, stock_processor
+    from detr_ft.bench.stock import StockCocoDetection, stock_processor
     from detr_ft.data.coco import load_index
     from detr_ft.data.transforms import ResizeSpec
 
@@ -151,7 +151,7 @@ def test_stock_dataset_matches_the_processor_and_contiguous_labels(synthetic_dir
 
 
 def test_cuda_code_paths_as_far_as_a_cpu_goes():
-    from detr_ft.bench import autocast, latency_compile_mode, synchronize, timed
+    from detr_ft.bench.measure import autocast, latency_compile_mode, synchronize, timed
 
     assert latency_compile_mode(torch.device("cuda")) == "reduce-overhead"
     assert latency_compile_mode(torch.device("cpu")) is None
@@ -164,7 +164,7 @@ def test_cuda_code_paths_as_far_as_a_cpu_goes():
 
 
 def test_trivial_loss_reaches_every_output_without_matching():
-    from detr_ft.bench import trivial_loss
+    from detr_ft.bench.models import trivial_loss
     from detr_ft.model.outputs import DetectionOutputs
 
     tensors = [torch.randn(2, 5, 4, requires_grad=True) for _ in range(4)]
@@ -174,7 +174,8 @@ def test_trivial_loss_reaches_every_output_without_matching():
 
 def test_a_lone_side_holds_one_model_and_starts_where_the_pair_does():
     """The peak-RSS children build one side only; its weights are the shared initial state."""
-    from detr_ft.bench import BenchConfig, Sides
+    from detr_ft.bench.config import BenchConfig
+    from detr_ft.bench.models import Sides
     from detr_ft.data.coco import Categories
     from detr_ft.model.build import build_model
 
@@ -192,7 +193,7 @@ def test_a_lone_side_holds_one_model_and_starts_where_the_pair_does():
 
 
 def test_r50_architecture_trains_stages_2_to_4_on_both_sides():
-    from detr_ft.bench import bench_model, trainable_backbone
+    from detr_ft.bench.models import bench_model, trainable_backbone
 
     with torch.device("meta"):
         model, pretrained, note = bench_model("detr-r50", {0: "a", 1: "b"}, seed=0)

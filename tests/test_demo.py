@@ -7,7 +7,6 @@ import math
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from detr_ft.data.synthetic import CATEGORIES, SyntheticSpec, generate
 from detr_ft.errors import UserError

@@ -56,7 +56,7 @@ def test_folded_batch_norms_predict_the_same(preset, synthetic_dir):
 
 def test_frozen_batch_norms_of_a_resnet_50_fold(synthetic_dir):
     """DETR-R50's backbone: transformers' frozen batch norms (pretrained weights' layout)."""
-    from detr_ft.bench import r50_config
+    from detr_ft.bench.models import r50_config
     from detr_ft.model.build import model_from_config
 
     index = load_index(synthetic_dir, "train")

@@ -378,7 +378,8 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         run_demo(out, minutes=args.minutes)
         return 0
     if args.command == "bench":
-        from detr_ft.bench import config_from_args, run_bench_command
+        from detr_ft.bench.config import config_from_args
+        from detr_ft.bench.run import run_bench_command
 
         return run_bench_command(config_from_args(args), out, args.json)
     raise AssertionError(args.command)
