@@ -255,7 +255,7 @@ def _collate_samples():
     g = torch.Generator().manual_seed(1)
     samples = [Sample(torch.randint(0, 256, (3, 24 - 4 * i, 16 + 6 * i), generator=g, dtype=torch.uint8),
                       torch.rand(i + 1, 4, generator=g), torch.arange(i + 1), i, (10, 10)) for i in range(3)]
-    return Collator((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), canvases=[(32, 32)], buckets=[4], fill_to=4), samples
+    return Collator((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), canvases=[(160, 160)], buckets=[4], fill_to=4), samples  # a canvas of 400 kB: over BY_VALUE_BYTES
 
 
 class _CollateInWorker(torch.utils.data.Dataset):
@@ -267,20 +267,43 @@ class _CollateInWorker(torch.utils.data.Dataset):
     def __getitem__(self, i):
         collate, samples = _collate_samples()
         batch = collate(samples)
-        return batch, batch.pixel_values.is_shared() and batch.pixel_mask.is_shared()
+        one_block = batch.pixel_values.untyped_storage().data_ptr() == batch.pixel_mask.untyped_storage().data_ptr()
+        return batch, batch.pixel_values.is_shared() and one_block
 
 
 def test_worker_batches_are_made_in_shared_memory_and_equal_the_main_process_batch():
-    """A worker builds its canvas in shared memory (no copy when it is handed over); the batch is the same."""
+    """A worker builds its canvas (pixels and mask, one block) in shared memory, so it is handed
+    over without a copy; the small fields travel by value (a shared-memory segment each would
+    cost more than they weigh). The batch that arrives equals the main process's own."""
     from dataclasses import fields
+
+    from detr_ft.data.batching import BY_VALUE_BYTES
 
     collate, samples = _collate_samples()
     here = collate(samples)
     assert not here.pixel_values.is_shared()  # outside a worker: ordinary memory
     (there, shared_in_worker), = list(torch.utils.data.DataLoader(_CollateInWorker(), batch_size=None, num_workers=1))
-    assert shared_in_worker
+    assert shared_in_worker and here.pixel_values.untyped_storage().nbytes() > BY_VALUE_BYTES
+    assert there.pixel_values.is_shared() and there.pixel_mask.is_shared()
+    assert not any(t.is_shared() for t in (there.labels, there.boxes, there.valid, there.image_ids,
+                                           there.orig_sizes, there.norm))
     for f in fields(here):
         assert torch.equal(getattr(here, f.name), getattr(there, f.name)), f.name
+        assert getattr(here, f.name).dtype == getattr(there, f.name).dtype, f.name
+
+
+def test_batch_pickles_whole_before_and_after_ready():
+    """Pickling keeps every field (value, dtype, shape), raw and normalised; a normalised
+    batch's absent ``norm`` stays absent."""
+    import pickle
+    from dataclasses import fields
+
+    collate, samples = _collate_samples()
+    for batch in (collate(samples), collate(samples).ready("cpu")):
+        back = pickle.loads(pickle.dumps(batch))
+        for f in fields(batch):
+            a, b = getattr(batch, f.name), getattr(back, f.name)
+            assert (a is None and b is None) or (torch.equal(a, b) and a.dtype == b.dtype), f.name
 
 
 def test_predict_batches_by_orientation_and_keeps_the_order_given(tmp_path):
