@@ -69,9 +69,10 @@ def test_frozen_batch_norms_of_a_resnet_50_fold(synthetic_dir):
             m.bias.uniform_(-0.2, 0.2)
     folded = copy.deepcopy(model)
     assert fold_batch_norms(folded) == len(frozen) == 53 and _norms(folded) == 0
-    # the ReLU of each folded conv block works in place: the stem's and the first two of each
-    # of the 16 bottlenecks (their third convolution has none; the ReLU after the sum is left)
-    assert sum(isinstance(m, nn.ReLU) and m.inplace for m in folded.modules()) == 1 + 16 * 2
+    # every backbone ReLU works in place: the stem's, and in each of the 16 bottlenecks those of
+    # its first two convolutions (the third has none) and the one after the residual sum
+    relus = [m for name, m in folded.named_modules() if isinstance(m, nn.ReLU) and ".backbone." in f".{name}"]
+    assert len(relus) == 1 + 16 * 3 and all(m.inplace for m in relus)
     assert not any(isinstance(m, nn.ReLU) and m.inplace for m in model.modules())
     x = torch.randn(1, 3, 64, 96)
     mask = torch.ones(1, 64, 96, dtype=torch.long)

@@ -17,6 +17,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# A residual layer of transformers' ResNet and RT-DETR ResNet (basic and bottleneck) has these
+# parts: the activation acts on ``layer(x) + shortcut(x)``, a sum made in place on ``layer``'s
+# fresh output, which nothing else holds.
+RESIDUAL_PARTS = ("layer", "shortcut", "activation")
+
 # (convolution, normalisation) attribute pairs of the conv -> norm blocks in the supported
 # families' backbones and encoders: transformers' ResNet and RT-DETR ResNet conv layers and
 # shortcuts ("convolution", "normalization"), RT-DETR's ConvNormLayer ("conv", "norm").
@@ -45,7 +50,8 @@ def model_pixels(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
 
 def fold_batch_norms(model: nn.Module) -> int:
     """Fold every conv -> batch-norm pair (``CONV_NORM_PAIRS``) into one biased convolution,
-    in place, and let the block's activation (ReLU, ...) work in place; the number folded.
+    in place, and let the block's activation (ReLU, ...) work in place, as the activation of
+    each residual sum (``RESIDUAL_PARTS``); the number folded.
     For inference: the model must be in eval mode (running statistics, not batch statistics),
     and is no longer the architecture it was trained as."""
     if model.training:
@@ -58,10 +64,17 @@ def fold_batch_norms(model: nn.Module) -> int:
                 setattr(block, conv_name, _folded(conv, norm))
                 setattr(block, norm_name, nn.Identity())
                 folded += 1
-                activation = getattr(block, "activation", None)  # conv -> activation: its input is
-                if isinstance(activation, nn.Module) and hasattr(activation, "inplace"):  # the fresh conv
-                    activation.inplace = True  # output, used nowhere else: no new buffer for it
+                _activation_in_place(block)  # conv -> activation: its input is the fresh conv output
+        if all(hasattr(block, part) for part in RESIDUAL_PARTS):
+            _activation_in_place(block)
     return folded
+
+
+def _activation_in_place(block: nn.Module) -> None:
+    """The block's activation overwrites its input (used nowhere else): no new buffer for it."""
+    activation = getattr(block, "activation", None)
+    if isinstance(activation, nn.Module) and hasattr(activation, "inplace"):
+        activation.inplace = True
 
 
 def _is_batch_norm(module) -> bool:
