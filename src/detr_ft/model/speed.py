@@ -8,8 +8,8 @@
 - Batch norms folded into the convolution before them (inference only): a
   frozen or eval-mode batch norm is a per-channel affine map, which the
   convolution's weights and bias absorb, saving a pass over every activation;
-  the activation after them then works in place (a fresh multi-MB buffer per
-  layer costs page faults on a CPU).
+  the activation after them, and the one after each residual sum, then works in
+  place (a fresh multi-MB buffer per layer costs page faults on a CPU).
 """
 
 from __future__ import annotations
