@@ -283,6 +283,34 @@ def test_invalid_flag_or_path_is_one_line_and_exit_2(argv, needle, synthetic_dir
     assert not (tmp_path / "out" / "last.ckpt").exists()
 
 
+@pytest.mark.parametrize("debug", [False, True])
+def test_hub_retry_warnings_stay_quiet_unless_debugging(debug, monkeypatch):
+    """Offline, a hub id fails after huggingface_hub's retries, each of which it warns about;
+    detr-ft's one error line is all a user sees (``--debug`` shows the retries)."""
+    import logging
+
+    from huggingface_hub import constants
+    from huggingface_hub.utils._http import http_backoff
+
+    from detr_ft.cli import HUB_RETRY_LOGGER, configure_logging
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the suite runs offline; this test is "online"
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    logger = logging.getLogger(HUB_RETRY_LOGGER)
+    logger.addHandler(handler)
+    try:
+        configure_logging(debug)
+        with pytest.raises(Exception, match="[Cc]onnect"):  # a closed port, as offline
+            http_backoff("HEAD", "http://127.0.0.1:9/config.json", max_retries=1, base_wait_time=0.01)
+    finally:
+        logger.removeHandler(handler)
+        configure_logging(False)
+    retries = [r for r in seen if "thrown while requesting" in r.getMessage()]
+    assert len(retries) == (2 if debug else 0)
+
+
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(UserError, match="--seed"):
         main(["train", "--seed", "-1", "--debug", "--output-dir", str(tmp_path)])

@@ -316,8 +316,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+# huggingface_hub warns on every retry of a request it then gives up on (offline: five lines over
+# about 30 s); detr-ft's own error line says what failed and what to do instead.
+HUB_RETRY_LOGGER = "huggingface_hub.utils._http"
+
+
 def configure_logging(debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s")
+    logging.getLogger(HUB_RETRY_LOGGER).setLevel(logging.NOTSET if debug else logging.ERROR)
     if not debug:
         import lightning  # noqa: F401  (its import sets its loggers' levels; quiet them after)
         for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
