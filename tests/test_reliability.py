@@ -39,13 +39,14 @@ def write_split(root: Path, images: list[dict], annotations: list[dict], split: 
     return root
 
 
-def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    """Exit code and stderr of ``detr-ft ARGV`` run in-process."""
+def run_cli(argv: list[str], capsys, with_stdout: bool = False):
+    """Exit code and stderr (and stdout) of ``detr-ft ARGV`` run in-process."""
     try:
         rc = main(argv)
     except SystemExit as e:
         rc = e.code
-    return rc, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return (rc, captured.err, captured.out) if with_stdout else (rc, captured.err)
 
 
 # -- 1. image files checked when the dataset is opened --------------------------------------------------
@@ -276,11 +277,13 @@ def test_invalid_flag_or_path_is_one_line_and_exit_2(argv, needle, synthetic_dir
         argv = [*argv[:1], "--model", "detr-tiny", "--data-dir", names["data"], "--num-workers", "0", *argv[1:]]
     if "--output-dir" not in argv and argv[0] != "data":
         argv += ["--output-dir", str(tmp_path / "out")]
-    rc, err = run_cli(argv, capsys)
+    rc, err, out = run_cli(argv, capsys, with_stdout=True)
     lines = err.strip().splitlines()
     assert rc == 2, err
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
     assert not (tmp_path / "out" / "last.ckpt").exists()
+    if argv[0] == "train":  # found before any work starts: nothing else printed
+        assert out == "", out
 
 
 @pytest.mark.parametrize("debug", [False, True])

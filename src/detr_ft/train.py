@@ -94,6 +94,12 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    device = trainer_device(cfg.device, cfg.devices, cfg.num_nodes, cfg.strategy, cfg.autocast)  # available?
+    resume_from = newest_checkpoint(out) if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        raise UserError(f"--resume: no checkpoint in {out} to continue from; drop --resume to start afresh")
+    # before any data is read: a clear error if truncated, corrupt or unsafe
+    checkpoint = load_checkpoint(resume_from) if resume_from else None
 
     train_index = read_split(cfg.data_dir, "train", cfg.on_bad_data, hf_dataset=cfg.hf_dataset)
     val_index = None if cfg.train_only else read_split(cfg.data_dir, "test", cfg.on_bad_data,
@@ -123,7 +129,6 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
     if cfg.compile:
         torch._dynamo.reset()
         bundle.model.model.compile(dynamic=False)
-    device = trainer_device(cfg.device, cfg.devices, cfg.num_nodes, cfg.strategy, cfg.autocast)
     data = DetectionData(train_index, val_index, bundle.resize, cfg.batch_size,
                          0 if cfg.deterministic else cfg.num_workers, collator, val_collator, seed=cfg.seed,
                          shuffle=True, drop_last=cfg.pad, pin_memory=torch.cuda.is_available(), hflip=cfg.hflip,
@@ -144,15 +149,10 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
             every_n_epochs=cfg.ckpt_store_interval_epochs, enable_version_counter=False))
     throughput = Throughput()
     callbacks += [throughput, StepSeed(cfg.seed), *extra_callbacks]
-    resume_from = keep_until = None
+    keep_until = None
     checkpoint_io = AtomicCheckpointIO()
-    if cfg.resume:
-        resume_from = newest_checkpoint(out)
-        if resume_from is None:
-            raise UserError(f"--resume: no checkpoint in {out} to continue from; drop --resume to start afresh")
-        # a clear error if truncated, corrupt, unsafe, or written for another model
-        checkpoint = load_checkpoint(resume_from)
-        keep_until = resume_point(resume_from, checkpoint, module)
+    if checkpoint is not None:
+        keep_until = resume_point(resume_from, checkpoint, module)  # a clear error if written for another model
         checkpoint_io = AtomicCheckpointIO(already_read=(resume_from, checkpoint))
         del checkpoint
         remove_stale_temporaries(out)
