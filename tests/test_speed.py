@@ -133,12 +133,12 @@ def test_predict_and_eval_with_and_without_channels_last_agree(trained_run, synt
     """The CLI's --no-channels-last reaches the Detector; both layouts give the same detections."""
     import json
 
-    from detr_ft import detector
     from detr_ft.cli import main
+    from detr_ft.model import speed
 
     converted = []
-    real = detector.use_channels_last
-    monkeypatch.setattr(detector, "use_channels_last", lambda model: converted.append(1) or real(model))
+    real = speed.use_channels_last
+    monkeypatch.setattr(speed, "use_channels_last", lambda model: converted.append(1) or real(model))
     ckpt, data = str(trained_run / "last.ckpt"), str(synthetic_dir)
     found = {}
     for flag, conversions in (("--channels-last", 2), ("--no-channels-last", 0)):

@@ -29,7 +29,7 @@ from detr_ft.devices import inference_device
 from detr_ft.errors import UserError
 from detr_ft.model.outputs import detection_outputs
 from detr_ft.model.postprocess import Detections, postprocess
-from detr_ft.model.speed import channels_last_helps, fold_batch_norms, use_channels_last
+from detr_ft.model.speed import channels_last_where_it_helps, fold_batch_norms
 
 
 class Detector:
@@ -45,8 +45,7 @@ class Detector:
         self.device = inference_device(device)
         self.model = model.eval().to(self.device)
         fold_batch_norms(self.model)
-        if channels_last and channels_last_helps(self.device):
-            use_channels_last(self.model)
+        channels_last_where_it_helps(self.model, self.device, channels_last)
         self.resize = resize_spec
         self.categories = categories
         self.use_canvas(canvas)

@@ -19,7 +19,6 @@ def forever(loader):
         yield from loader
 
 
-
 def bench_train(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: list[str]) -> list[Record]:
     batch = ws.train_batch().ready(device)
     labels = stock_labels(batch.targets(), device)
@@ -38,7 +37,6 @@ def bench_train(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: li
     b = len(batch)
     return [Record("train", label, b / ours, b / stock, "images/s"),
             Record("overhead", label, ours / bare, stock / bare, "x bare")]
-
 
 
 def bench_static(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: list[str]) -> list[Record]:
@@ -75,7 +73,6 @@ def bench_static(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: l
                    b / best(times["stock"]), "images/s")]
 
 
-
 def bench_data(ws: Workspace, cfg: BenchConfig, device, notes: list[str]) -> list[Record]:
     """Epochs over the whole training set, shuffled, as training reads it; one warm-up epoch."""
     n = len(ws.index)
@@ -94,7 +91,6 @@ def bench_data(ws: Workspace, cfg: BenchConfig, device, notes: list[str]) -> lis
                  f"workers, detr-ft's persist across epochs (as in detr-ft train), the original's loader starts "
                  f"new ones every epoch (as it does)")
     return records
-
 
 
 def bench_startup(ws: Workspace, cfg: BenchConfig, device, notes: list[str]) -> list[Record]:
@@ -117,7 +113,6 @@ def bench_startup(ws: Workspace, cfg: BenchConfig, device, notes: list[str]) -> 
                  f"{workers} workers (the original's 15, capped at the cores); page cache warm")
     return [Record("startup", f"{len(ws.index)} images, long side up to {max(r.width for r in ws.index.records)} px",
                    best(times["ours"]), best(times["stock"]), "s")]
-
 
 
 def bench_infer(ws: Workspace, cfg: BenchConfig, device, export_dir: Path, notes: list[str]) -> list[Record]:
@@ -153,7 +148,6 @@ def bench_infer(ws: Workspace, cfg: BenchConfig, device, export_dir: Path, notes
     records = [Record("infer", f"{cfg.label(device)} {n} images", n / best(times["ours"]),
                       n / best(times["stock"]), "images/s")]
     return records + bench_latency(ws, cfg, device, detector, pipe, notes)
-
 
 
 def bench_latency(ws: Workspace, cfg: BenchConfig, device, detector, pipe, notes: list[str]) -> list[Record]:

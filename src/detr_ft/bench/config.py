@@ -98,7 +98,6 @@ class BenchConfig:
                 + (" compile" if self.compile else ""))
 
 
-
 @dataclass
 class Record:
     """One comparison; ``speedup`` > 1 means detr-ft is better."""
@@ -118,7 +117,6 @@ class Record:
             self.speedup = self.baseline / self.ours
 
 
-
 def parse_image_size(text: str | None) -> tuple[int, int] | None:
     """``S`` -> (S, S); ``HxW`` -> (H, W); None stays None."""
     if text is None:
@@ -130,7 +128,6 @@ def parse_image_size(text: str | None) -> tuple[int, int] | None:
     if len(parts) not in (1, 2):
         raise UserError(f"--image-size {text}: give S (a square) or HxW, e.g. 320 or 800x1333")
     return (parts[0], parts[-1])
-
 
 
 def config_from_args(args) -> BenchConfig:

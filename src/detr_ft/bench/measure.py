@@ -21,7 +21,6 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-
 def autocast(device: torch.device, precision: str):
     """bf16 mixed precision (as ``--autocast`` / Lightning's bf16-mixed), or nothing for fp32."""
     if precision == "bf16":
@@ -29,11 +28,9 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-
 def latency_compile_mode(device: torch.device) -> str | None:
     """torch.compile mode of the batch-1 latency path: CUDA graphs where there are any."""
     return "reduce-overhead" if device.type == "cuda" else None
-
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -42,7 +39,6 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     fn()
     synchronize(device)
     return time.perf_counter() - start
-
 
 
 def alternate(sides: dict[str, Callable[[], object]], steps: int, warmup: int,
@@ -61,16 +57,13 @@ def alternate(sides: dict[str, Callable[[], object]], steps: int, warmup: int,
     return times
 
 
-
 def best(values: list[float]) -> float:
     """The fastest time: load from other processes only ever adds to a step's time."""
     return min(values)
 
 
-
 def medians(times: dict[str, list[float]], scale: float = 1.0, unit: str = "s") -> str:
     return ", ".join(f"{k} {statistics.median(v) * scale:.4g} {unit}" for k, v in times.items())
-
 
 
 def peak_rss_mib() -> float:
@@ -86,7 +79,6 @@ def peak_rss_mib() -> float:
                 return int(line.split()[1]) / 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
 
 
 def quiet_progress_bars() -> None:

@@ -53,7 +53,6 @@ def _rss_child(task: str, side: str, cfg: BenchConfig, root: str, export_dir: st
         conn.close()
 
 
-
 def peak_rss(task: str, side: str, cfg: BenchConfig, root: Path, export_dir: Path | None,
              timeout: float = 900.0) -> float:
     import multiprocessing as mp
@@ -76,7 +75,6 @@ def peak_rss(task: str, side: str, cfg: BenchConfig, root: Path, export_dir: Pat
     if status != "ok":
         raise RuntimeError(f"bench: the {task} peak-RSS run of {side} failed: {value}")
     return value
-
 
 
 def bench_memory(task: str, ws: Workspace, cfg: BenchConfig, device, export_dir: Path | None) -> Record:

@@ -22,13 +22,11 @@ def r50_config(id2label: dict[int, str]):
                       label2id={v: k for k, v in id2label.items()})
 
 
-
 def trainable_backbone(model: nn.Module) -> int:
     from detr_ft.model.build import backbone_module
 
     backbone = backbone_module(model)
     return sum(p.numel() for p in backbone.parameters() if p.requires_grad) if backbone is not None else 0
-
 
 
 def bench_model(name: str, id2label: dict[int, str], seed: int) -> tuple[nn.Module, bool, str]:
@@ -49,7 +47,6 @@ def bench_model(name: str, id2label: dict[int, str], seed: int) -> tuple[nn.Modu
     return model.train(), True, note
 
 
-
 def param_groups(model: nn.Module, lr: float = 1e-4, lr_backbone: float = 1e-5) -> list[dict]:
     """The original example's AdamW groups: backbone parameters at lr_backbone."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -57,10 +54,8 @@ def param_groups(model: nn.Module, lr: float = 1e-4, lr_backbone: float = 1e-5) 
             {"params": [p for n, p in named if "backbone" in n], "lr": lr_backbone}]
 
 
-
 def adamw(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW([g for g in param_groups(model) if g["params"]], lr=1e-4, weight_decay=1e-4)
-
 
 
 def trivial_loss(out) -> torch.Tensor:
@@ -69,12 +64,10 @@ def trivial_loss(out) -> torch.Tensor:
     return sum(logits.float().mean() + boxes.float().mean() for logits, boxes in pairs)
 
 
-
 def clip_and_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], GRAD_CLIP)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-
 
 
 class Sides:
@@ -87,7 +80,7 @@ class Sides:
     def __init__(self, cfg: BenchConfig, categories, resize, device: torch.device, only: str | None = None):
         from detr_ft.engine import DetrModule, OptimConfig
         from detr_ft.model.build import ModelBundle
-        from detr_ft.model.speed import channels_last_helps, use_channels_last
+        from detr_ft.model.speed import channels_last_where_it_helps
 
         model, pretrained, self.note = bench_model(cfg.model, categories.id2label, cfg.seed)
         self.pretrained = pretrained
@@ -99,10 +92,9 @@ class Sides:
             self.initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if only in (None, "ours"):
             self.ours = DetrModule(ModelBundle(model, resize, "detr", pretrained), categories, OptimConfig()).to(device)
-        if cfg.channels_last and channels_last_helps(device):  # as detr-ft train does; stock as it is
-            for name, m in self.networks().items():
-                if name != "stock":
-                    use_channels_last(m)
+        for name, m in self.networks().items():  # as detr-ft train does; the stock side as it is
+            if name != "stock":
+                channels_last_where_it_helps(m, device, cfg.channels_last)
         if cfg.compile:  # the network, as detr-ft train --compile does; the losses stay eager
             for m in self.networks().values():
                 m.model.compile(dynamic=False)

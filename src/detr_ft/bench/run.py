@@ -82,7 +82,6 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
     return records, notes, env
 
 
-
 def format_table(records: list[Record]) -> str:
     def num(x: float) -> str:
         return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
@@ -96,7 +95,6 @@ def format_table(records: list[Record]) -> str:
     return "\n".join(lines)
 
 
-
 def check_records(records: list[dict]) -> None:
     """Raise ValueError unless every record has the schema and positive, finite numbers."""
     keys = {"benchmark", "config", "ours", "baseline", "unit", "speedup"}
@@ -106,7 +104,6 @@ def check_records(records: list[dict]) -> None:
         for k in ("ours", "baseline", "speedup"):
             if not (isinstance(r[k], float) and math.isfinite(r[k]) and r[k] > 0):
                 raise ValueError(f"bench record {r['benchmark']}: {k} = {r[k]!r} is not a positive finite number")
-
 
 
 def run_bench_command(cfg: BenchConfig, out_dir: Path, json_path: str | None) -> int:

@@ -34,7 +34,6 @@ def stock_processor(resize):
                                   image_mean=list(resize.mean), image_std=list(resize.std))
 
 
-
 class StockCocoDetection(Dataset):
     """torchvision's ``CocoDetection`` (pycocotools index, PIL decode) with the original's
     ``__getitem__``: the processor per sample, (pixel_values [3, h, w], DETR target).
@@ -68,7 +67,6 @@ class StockCocoDetection(Dataset):
         return encoding["pixel_values"].squeeze(0), encoding["labels"][0]
 
 
-
 def stock_pad(processor, pixel_values: list[torch.Tensor], canvas: tuple[int, int] | None):
     """The original collate's ``processor.pad`` -> (pixel_values [B, 3, H, W], pixel_mask [B, H, W]).
 
@@ -88,7 +86,6 @@ def stock_pad(processor, pixel_values: list[torch.Tensor], canvas: tuple[int, in
     padded = [processor.pad(p.numpy() if numpy_backend else p, size)[:2] for p in pixel_values]
     return (torch.stack([torch.as_tensor(im) for im, _ in padded]),
             torch.stack([torch.as_tensor(mask) for _, mask in padded]))
-
 
 
 class StockCollate:
@@ -128,16 +125,13 @@ class StockCollate:
         return {"pixel_values": pixel_values, "pixel_mask": pixel_mask, "labels": labels}
 
 
-
 def stock_buckets(counts, num_buckets: int) -> np.ndarray:
     """The original ``bucketer``'s percentiles over per-image object counts."""
     return np.unique(np.percentile(counts, np.linspace(0, 100, num_buckets + 1), method="lower")[1:])
 
 
-
 def _first(batch):
     return batch[0]
-
 
 
 def stock_startup(images_dir: Path, ann_file: Path, processor, label_of: dict[int, int], workers: int):
@@ -147,11 +141,9 @@ def stock_startup(images_dir: Path, ann_file: Path, processor, label_of: dict[in
     return stock_buckets([len(target["class_labels"]) for _, target in loader], 1)
 
 
-
 def stock_labels(labels: list[dict], device: torch.device) -> list[dict]:
     """The original's ``common_step``: every target tensor moved to the device."""
     return [{k: v.to(device) for k, v in t.items()} for t in labels]
-
 
 
 def stock_pipeline(export_dir: Path, device: torch.device):
@@ -162,7 +154,6 @@ def stock_pipeline(export_dir: Path, device: torch.device):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return pipeline("object-detection", model=str(export_dir), device=device)
-
 
 
 def pipeline_batch_size(pipe, paths: list[str], batch_size: int) -> int:

@@ -100,12 +100,10 @@ class Workspace:
                           num_workers=workers, collate_fn=collate, generator=generator)
 
 
-
 def make_export(ws: Workspace, cfg: BenchConfig) -> Path:
     """A Hugging Face directory written by ``detr-ft export`` from a checkpoint of the bench model."""
-    from detr_ft.export import export
-
     from detr_ft.engine import DetrModule, OptimConfig
+    from detr_ft.export import export
     from detr_ft.model.build import ModelBundle
 
     model, pretrained, _ = bench_model(cfg.model, ws.categories.id2label, cfg.seed)

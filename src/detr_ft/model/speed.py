@@ -41,6 +41,14 @@ def use_channels_last(model: nn.Module) -> nn.Module:
     return model
 
 
+def channels_last_where_it_helps(model: nn.Module, device: torch.device | str, wanted: bool = True) -> bool:
+    """``use_channels_last`` when ``wanted`` and on a device where it is faster; whether it was."""
+    if wanted and channels_last_helps(device):
+        use_channels_last(model)
+        return True
+    return False
+
+
 def model_pixels(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     """``pixel_values`` in the layout the model's convolutions use (no copy when it already is)."""
     if getattr(model, "detr_ft_channels_last", False) and pixel_values.dim() == 4:
