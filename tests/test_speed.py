@@ -15,7 +15,8 @@ from detr_ft.data.dataset import DetectionDataset
 from detr_ft.engine import DetrModule, OptimConfig
 from detr_ft.model.build import build_model
 from detr_ft.model.outputs import detection_outputs
-from detr_ft.model.speed import fold_batch_norms, model_pixels, use_channels_last
+from detr_ft.model.speed import (FrozenNormConv2d, FusedAwayNorm, fold_batch_norms, fuse_frozen_norms, model_pixels,
+                                 use_channels_last)
 
 pytestmark = pytest.mark.compat  # transformers' module layouts differ between 4.57 and 5.x
 
@@ -80,6 +81,140 @@ def test_frozen_batch_norms_of_a_resnet_50_fold(synthetic_dir):
         a = detection_outputs(model, x, mask, with_aux=False)
         b = detection_outputs(folded, x, mask, with_aux=False)
     torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-4)
+
+
+def _pretrained_like(id2label, seed=0):
+    """A small DETR with a bottleneck ResNet as a pretrained checkpoint has it: frozen batch norms
+    (statistics away from the identity), stem and first stage frozen."""
+    from transformers import DetrConfig, ResNetConfig
+
+    from detr_ft.model.build import model_from_config, set_backbone_trainable
+
+    torch.manual_seed(seed)
+    backbone = ResNetConfig(embedding_size=16, hidden_sizes=[32, 64, 96, 128], depths=[1, 2, 1, 1],
+                            layer_type="bottleneck", out_features=["stage4"])
+    model = model_from_config(DetrConfig(
+        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone, d_model=32,
+        encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=8, dropout=0.0, num_labels=len(id2label)))
+    with torch.no_grad():
+        for m in model.modules():
+            if type(m).__name__ == "DetrFrozenBatchNorm2d":
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    set_backbone_trainable(model, pretrained=True)
+    return model.train()
+
+
+def _loss_and_grads(module, batch):
+    loss = module.compute_loss(batch)["loss"]
+    loss.backward()
+    grads = {n: p.grad for n, p in module.model.named_parameters() if p.grad is not None}
+    module.zero_grad(set_to_none=True)
+    return loss.detach(), grads
+
+
+def test_fused_frozen_norms_train_the_same(synthetic_dir):
+    """A convolution applying its frozen batch norm: the same loss and gradients (float64: the same
+    function), the same state dict (keys, values, the norms' buffers), and the fusion survives a
+    copy, a pickle and a dtype change (the convolution reads the norm it is handed, not a copy)."""
+    import pickle
+    from dataclasses import replace
+
+    from detr_ft.model.build import ModelBundle, ResizeSpec
+
+    index = load_index(synthetic_dir, "train")
+    resize = ResizeSpec(shortest=96, longest=128)
+    model = _pretrained_like(index.categories.id2label)
+    frozen = [m for m in model.modules() if type(m).__name__ == "DetrFrozenBatchNorm2d"]
+    plain = DetrModule(ModelBundle(model, resize, "detr", True), index.categories, OptimConfig()).double()
+    fast = copy.deepcopy(plain)
+    assert fuse_frozen_norms(fast.model) == len(frozen) == 1 + 5 * 3 + 4  # stem, 5 bottlenecks, 4 shortcuts
+    assert fuse_frozen_norms(fast.model) == 0  # once
+    assert list(fast.model.state_dict()) == list(plain.model.state_dict())
+    for (k, a), b in zip(plain.model.state_dict().items(), fast.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    convs = [m for m in fast.model.modules() if isinstance(m, FrozenNormConv2d)]
+    assert len(convs) == len(frozen) and not any(m.frozen_norm in set(m.children()) for m in convs)
+
+    batch = _batch(index, resize, n=4, train=True)
+    batch = replace(batch, pixel_values=batch.pixel_values.double(), boxes=batch.boxes.double())
+    loss_plain, grads_plain = _loss_and_grads(plain, batch)
+    for name, module in (("fused", fast), ("copied", copy.deepcopy(fast)),
+                         ("pickled", pickle.loads(pickle.dumps(fast))),
+                         ("cast after fusing", _fused_then_cast(plain))):
+        conv = next(m for m in module.model.modules() if isinstance(m, FrozenNormConv2d))
+        assert any(conv.frozen_norm is m for m in module.model.modules()), name  # the registered norm itself
+        loss, grads = _loss_and_grads(module, batch)
+        torch.testing.assert_close(loss, loss_plain, rtol=1e-10, atol=1e-10, msg=name)
+        assert set(grads) == set(grads_plain) and any(".backbone." in f".{n}" for n in grads)
+        assert not any("embedder" in n or "stages.0." in n for n in grads)  # still frozen
+        for n in grads_plain:
+            torch.testing.assert_close(grads[n], grads_plain[n], rtol=1e-7, atol=1e-9, msg=f"{name}: {n}")
+
+    # inference folds a fused model as it folds a plain one
+    eval_plain, eval_fused = copy.deepcopy(plain.model).eval(), copy.deepcopy(fast.model).eval()
+    assert fold_batch_norms(eval_plain) == fold_batch_norms(eval_fused) == len(frozen)
+    assert not any(isinstance(m, (FrozenNormConv2d, FusedAwayNorm)) for m in eval_fused.modules())
+    with torch.no_grad():
+        a = detection_outputs(eval_plain, batch.pixel_values, batch.pixel_mask, with_aux=False)
+        b = detection_outputs(eval_fused, batch.pixel_values, batch.pixel_mask, with_aux=False)
+        c = detection_outputs(fast.model.eval(), batch.pixel_values, batch.pixel_mask, with_aux=False)
+    torch.testing.assert_close(a.logits, b.logits, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(a.logits, c.logits, rtol=1e-10, atol=1e-10)
+
+
+def _fused_then_cast(plain):
+    module = copy.deepcopy(plain).float()
+    fuse_frozen_norms(module.model)
+    return module.double()
+
+
+def test_fused_frozen_norms_compile(synthetic_dir):
+    """Dynamo traces the convolution's reference to its norm (no graph break that would split
+    every bottleneck); forward and backward as eager."""
+    import torch._dynamo
+
+    index = load_index(synthetic_dir, "train")
+    model = _pretrained_like(index.categories.id2label)
+    fuse_frozen_norms(model)
+    x, mask = torch.randn(2, 3, 64, 96), torch.ones(2, 64, 96, dtype=torch.long)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model.model.backbone)(x, mask)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    compiled = torch.compile(model, backend="aot_eager", dynamic=False)
+    a, b = model(pixel_values=x, pixel_mask=mask), compiled(pixel_values=x, pixel_mask=mask)
+    torch.testing.assert_close(a.logits, b.logits, rtol=1e-5, atol=1e-5)
+    grads = []
+    for out in (a, b):
+        model.zero_grad(set_to_none=True)
+        (out.logits.square().mean() + out.pred_boxes.sum()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert set(grads[0]) == set(grads[1]) and any(".backbone." in f".{n}" for n in grads[0])
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_train_fuses_a_pretrained_backbones_norms(synthetic_dir, tmp_path):
+    """detr-ft train on a pretrained-like local model: its frozen norms fused, the checkpoint the
+    unfused model's state dict (keys and shapes), which a fresh model loads strictly."""
+    from detr_ft.config import TrainConfig
+    from detr_ft.train import fit
+
+    index = load_index(synthetic_dir, "train")
+    model_dir = tmp_path / "model"
+    _pretrained_like(index.categories.id2label).save_pretrained(model_dir)
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), data_dir=str(synthetic_dir), model=str(model_dir),
+                      max_steps=1, batch_size=2, num_workers=0, train_only=True)
+    module = fit(cfg)[1]
+    assert sum(isinstance(m, FrozenNormConv2d) for m in module.model.modules()) == 20
+    state = torch.load(tmp_path / "run" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    fresh = _pretrained_like(index.categories.id2label)
+    expected = {f"model.{k}": v.shape for k, v in fresh.state_dict().items()}
+    assert {k: v.shape for k, v in state.items()} == expected
+    fresh.load_state_dict({k[len("model."):]: v for k, v in state.items()}, strict=True)
 
 
 @pytest.mark.parametrize("preset", ["detr-tiny", "rtdetr-tiny"])

@@ -5,11 +5,17 @@
   a 2-core CPU: detr-tiny 1.3-1.4x per training step, DETR-R50 1.1-1.3x;
   ``benchmarks/README.md``). ``detection_outputs`` hands such a model its
   pixels in that layout.
-- Batch norms folded into the convolution before them (inference only): a
-  frozen or eval-mode batch norm is a per-channel affine map, which the
-  convolution's weights and bias absorb, saving a pass over every activation;
-  the activation after them, and the one after each residual sum, then works in
-  place (a fresh multi-MB buffer per layer costs page faults on a CPU).
+- Batch norms folded into the convolution before them (inference): a frozen or
+  eval-mode batch norm is a per-channel affine map, which the convolution's
+  weights and bias absorb, saving a pass over every activation; the activation
+  after them, and the one after each residual sum, then works in place (a fresh
+  multi-MB buffer per layer costs page faults on a CPU).
+- Frozen batch norms applied by the convolution before them in training too
+  (``fuse_frozen_norms``): the convolution scales its weights by the norm's
+  factors at every call, so the norm's two passes over the activation go, and
+  under bf16 autocast so does their fp32 copy of it (the norm's fp32 factors
+  promote the bf16 convolution output). The state dict and the gradients stay
+  those of the unfused model.
 """
 
 from __future__ import annotations
@@ -78,6 +84,45 @@ def fold_batch_norms(model: nn.Module) -> int:
     return folded
 
 
+class FrozenNormConv2d(nn.Conv2d):
+    """A convolution that applies the frozen batch norm after it (``frozen_norm``) itself: its
+    weights scaled by the norm's per-channel factor and the norm's shift as its bias, computed
+    from the norm's buffers at every call. Made by ``fuse_frozen_norms``; trains as the pair did."""
+
+    frozen_norm: nn.Module  # held outside ``_modules``: the norm stays where it is in the state dict
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, shift = (t.to(self.weight.dtype) for t in _affine(self.frozen_norm))
+        bias = shift if self.bias is None else shift + self.bias * scale
+        return self._conv_forward(x, self.weight * scale.view(-1, 1, 1, 1), bias)
+
+
+class FusedAwayNorm(nn.Module):
+    """A frozen batch norm whose map the convolution before it applies: passes its input on.
+    Keeps its buffers, under the same state-dict keys."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def fuse_frozen_norms(model: nn.Module) -> int:
+    """Let each convolution followed by a frozen batch norm (``CONV_NORM_PAIRS``; the norms of a
+    pretrained ResNet backbone, which never change in training) apply that norm itself
+    (``FrozenNormConv2d``), in place; the number fused. For training and inference alike: the
+    state dict keeps its keys and values, gradients are the pair's up to float rounding.
+    Trainable ``nn.BatchNorm2d`` is left alone."""
+    fused = 0
+    for block in list(model.modules()):
+        for conv_name, norm_name in CONV_NORM_PAIRS:
+            conv, norm = getattr(block, conv_name, None), getattr(block, norm_name, None)
+            if type(conv) is nn.Conv2d and _is_frozen_batch_norm(norm):
+                conv.__class__ = FrozenNormConv2d
+                conv.__dict__["frozen_norm"] = norm  # an attribute, not a submodule
+                norm.__class__ = FusedAwayNorm
+                fused += 1
+    return fused
+
+
 def _activation_in_place(block: nn.Module) -> None:
     """The block's activation overwrites its input (used nowhere else): no new buffer for it."""
     activation = getattr(block, "activation", None)
@@ -89,15 +134,27 @@ def _is_batch_norm(module) -> bool:
     """nn.BatchNorm2d with running statistics, or transformers' frozen batch norms (same buffers)."""
     if isinstance(module, nn.BatchNorm2d):
         return module.track_running_stats and module.affine
+    return isinstance(module, FusedAwayNorm) or _is_frozen_batch_norm(module)
+
+
+def _is_frozen_batch_norm(module) -> bool:
+    """transformers' frozen batch norms (DETR's, RT-DETR's, ...): buffers only, nothing trained."""
     return (module is not None and type(module).__name__.endswith("FrozenBatchNorm2d")
             and all(hasattr(module, k) for k in ("weight", "bias", "running_mean", "running_var")))
 
 
+def _affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch norm's map in eval mode as (scale, shift) per channel, in float32 or wider."""
+    eps = getattr(norm, "eps", 1e-5)  # transformers' frozen batch norms use 1e-5
+    weight, bias, mean, var = (t.to(torch.promote_types(t.dtype, torch.float32))
+                               for t in (norm.weight, norm.bias, norm.running_mean, norm.running_var))
+    scale = weight * torch.rsqrt(var + eps)
+    return scale, bias - mean * scale
+
+
 @torch.no_grad()
 def _folded(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
-    eps = getattr(norm, "eps", 1e-5)  # transformers' frozen batch norms use 1e-5
-    scale = norm.weight.float() * torch.rsqrt(norm.running_var.float() + eps)
-    shift = norm.bias.float() - norm.running_mean.float() * scale
+    scale, shift = _affine(norm)
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                       conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
                       device=conv.weight.device, dtype=conv.weight.dtype)
