@@ -69,3 +69,85 @@ def test_unreachable_hub_id_is_one_clear_error(monkeypatch):
 def test_directory_without_config_is_refused(tmp_path):
     with pytest.raises(UserError, match="config.json"):
         build_model(str(tmp_path), LABELS)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _online(monkeypatch, endpoint: str):
+    """huggingface_hub as a user's machine has it: online mode, no proxy, this endpoint."""
+    from huggingface_hub import constants
+
+    from detr_ft.hub import PROXY_VARIABLES
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    for k in PROXY_VARIABLES:
+        monkeypatch.delenv(k, raising=False)
+
+
+def test_hub_probe_tells_a_listening_endpoint_from_an_absent_one(monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    from detr_ft.hub import hub_unreachable
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        _online(monkeypatch, f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub_unreachable() is None
+    port = _closed_port()
+    _online(monkeypatch, f"http://127.0.0.1:{port}")
+    assert f"127.0.0.1:{port}" in hub_unreachable()
+    _online(monkeypatch, "https://no-such-host.invalid")
+    assert "no-such-host.invalid:443" in hub_unreachable()
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")  # reached through it: cannot tell
+    assert hub_unreachable() is None
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # the network is not asked anyway
+    assert hub_unreachable() is None
+
+
+def test_unreachable_hub_names_why_without_waiting_for_retries(monkeypatch):
+    """Online mode but no hub: the cache alone is asked (no request, so no back-off), and the
+    error says what was unreachable."""
+    import transformers
+
+    port = _closed_port()
+    _online(monkeypatch, f"http://127.0.0.1:{port}")
+    asked = []
+    real = transformers.AutoModelForObjectDetection.from_pretrained
+    monkeypatch.setattr(transformers.AutoModelForObjectDetection, "from_pretrained",
+                        lambda *a, **kw: asked.append(kw) or real(*a, **kw))
+    with pytest.raises(UserError) as e:
+        build_model("facebook/detr-resnet-50", LABELS)
+    assert [kw.get("local_files_only") for kw in asked] == [True]
+    message = str(e.value)
+    assert f"unreachable (127.0.0.1:{port}" in message and "--model detr-tiny" in message and "\n" not in message
+
+
+def test_unreachable_hub_still_loads_a_cached_model(tmp_path):
+    """A model downloaded once loads from the Hugging Face cache when the hub cannot be reached
+    (a fresh process: transformers 4.57 reads the cache location at import)."""
+    import os
+    import subprocess
+    import sys
+
+    snapshot = tmp_path / "cache" / "models--facebook--detr-resnet-50" / "snapshots" / ("ab" * 20)
+    small_detr_dir(snapshot)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "no_timm").write_text("ab" * 20)  # the revision detr-ft asks for
+    env = {k: v for k, v in os.environ.items() if "PROXY" not in k.upper()}
+    env.update(HF_HUB_OFFLINE="0", HF_HUB_CACHE=str(tmp_path / "cache"), HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}")
+    code = ("from detr_ft.model.build import build_model; "
+            f"b = build_model('facebook/detr-resnet-50', {LABELS!r}); print(b.pretrained, b.model.config.num_labels)")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "3"]

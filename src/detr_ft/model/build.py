@@ -151,7 +151,10 @@ def build_model(name: str, id2label: dict[int, str], revision: str | None = None
         raise UserError(f"--model {name}: not a directory; pass a Hugging Face model directory, a hub id or "
                         f"a preset ({', '.join(PRESETS)})")
     else:
-        source, kw = name, {"revision": revision or NO_TIMM_REVISION.get(name)}
+        from detr_ft.hub import hub_unreachable
+
+        unreachable = hub_unreachable()
+        source, kw = name, {"revision": revision or NO_TIMM_REVISION.get(name), "local_files_only": bool(unreachable)}
         kw = {k: v for k, v in kw.items() if v}
     try:
         model = AutoModelForObjectDetection.from_pretrained(source, **kwargs, **kw)
@@ -162,6 +165,11 @@ def build_model(name: str, id2label: dict[int, str], revision: str | None = None
     except (OSError, ValueError) as e:
         if local.is_dir():
             raise UserError(f"--model {name}: cannot load this directory ({first_line(e)})") from None
+        if kw.get("local_files_only"):
+            raise UserError(
+                f"--model {name}: the Hugging Face hub is unreachable ({unreachable}) and the local cache does not "
+                f"have this model; connect once to download it, or use --model DIR with a local Hugging Face "
+                f"model directory, or --model detr-tiny (an offline preset)") from None
         raise UserError(
             f"--model {name}: cannot load from the Hugging Face hub (offline or unknown id); use "
             f"--model detr-tiny for an offline preset, or --model DIR with a local Hugging Face model directory"
