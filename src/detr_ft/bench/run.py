@@ -44,7 +44,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
         notes.append(f"data: {ws.source}; resize short {ws.resize.shortest} / long {ws.resize.longest}; "
                      f"stock preprocessing {type(ws.processor).__name__}")
         layout = "channels-last" if cfg.channels_last and channels_last_helps(device) else "contiguous (NCHW)"
-        notes.append(f"layout: detr-ft's models (and the bare network) {layout}, the stock side NCHW as it is")
+        notes.append(f"layout: detr-ft's models (and the bare network) {layout}, frozen batch norms (if any) "
+                     f"applied by their convolutions; the stock side NCHW as it is")
         if cfg.data_dir is None:  # the memory children reuse the dataset written here
             cfg = replace(cfg, data_dir=str(ws.data_dir))
         steps = [w for w in ("startup", "data", "train", "static", "infer") if w in cfg.what]
