@@ -4,6 +4,7 @@ speed, not results."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -121,7 +122,6 @@ def test_fused_frozen_norms_train_the_same(synthetic_dir):
     function), the same state dict (keys, values, the norms' buffers), and the fusion survives a
     copy, a pickle and a dtype change (the convolution reads the norm it is handed, not a copy)."""
     import pickle
-    from dataclasses import replace
 
     from detr_ft.model.build import ModelBundle, ResizeSpec
 
@@ -164,6 +164,41 @@ def test_fused_frozen_norms_train_the_same(synthetic_dir):
         c = detection_outputs(fast.model.eval(), batch.pixel_values, batch.pixel_mask, with_aux=False)
     torch.testing.assert_close(a.logits, b.logits, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(a.logits, c.logits, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("preset", ["conditional-detr-tiny", "rtdetr-tiny"])
+def test_fused_frozen_norms_train_the_same_in_other_families(preset, synthetic_dir):
+    """Conditional DETR's and RT-DETR's frozen batch norms (as their pretrained checkpoints have
+    them) fuse too: the same loss and gradients in float64."""
+    from detr_ft.model.build import PRESETS, ModelBundle, model_from_config, set_backbone_trainable
+
+    index = load_index(synthetic_dir, "train")
+    factory, resize = PRESETS[preset]
+    config = factory(len(index.categories.id2label))
+    if hasattr(config, "freeze_backbone_batch_norms"):
+        config.freeze_backbone_batch_norms = True
+    torch.manual_seed(0)
+    model = model_from_config(config).train()
+    set_backbone_trainable(model, pretrained=True)  # as a hub checkpoint trains: stages 2-4
+    frozen = [m for m in model.modules() if type(m).__name__.endswith("FrozenBatchNorm2d")]
+    with torch.no_grad():
+        for m in frozen:
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    plain = DetrModule(ModelBundle(model, resize, config.model_type, True), index.categories, OptimConfig()).double()
+    fast = copy.deepcopy(plain)
+    assert fuse_frozen_norms(fast.model) == len(frozen) > 0
+    batch = _batch(index, resize, n=4, train=True)
+    batch = replace(batch, pixel_values=batch.pixel_values.double(), boxes=batch.boxes.double())
+    results = []
+    for module in (plain, fast):
+        torch.manual_seed(1)  # RT-DETR draws its denoising queries
+        results.append(_loss_and_grads(module, batch))
+    (loss_plain, grads_plain), (loss_fast, grads_fast) = results
+    torch.testing.assert_close(loss_fast, loss_plain, rtol=1e-10, atol=1e-10)
+    assert set(grads_fast) == set(grads_plain) and any(".backbone." in f".{n}" for n in grads_plain)
+    for n in grads_plain:
+        torch.testing.assert_close(grads_fast[n], grads_plain[n], rtol=1e-7, atol=1e-9, msg=n)
 
 
 def _fused_then_cast(plain):
@@ -222,8 +257,6 @@ def test_channels_last_trains_the_same(preset, synthetic_dir):
     """One loss and its gradients, channels-last against NCHW, in float64 (in float32 the trainable
     batch norms' backward magnifies the two layouts' rounding to ~1e-3): the same function. The
     model gets its pixels channels-last."""
-    from dataclasses import replace
-
     index = load_index(synthetic_dir, "train")
     torch.manual_seed(0)
     bundle = build_model(preset, index.categories.id2label)
