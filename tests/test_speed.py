@@ -325,3 +325,43 @@ def test_predict_and_eval_with_and_without_channels_last_agree(trained_run, synt
                     sorted(dets_b, key=lambda d: (d["image_id"], -d["score"]))):
         assert a["image_id"] == b["image_id"] and a["score"] == pytest.approx(b["score"], abs=1e-4)
     assert metrics_a["map"] == pytest.approx(metrics_b["map"], abs=1e-3)
+
+
+def test_inference_autocast_runs_the_network_in_bf16(trained_run, synthetic_dir, tmp_path):
+    """``--autocast`` for eval and predict: the convolutions run in bf16, the detections are the
+    float32 ones up to bf16 rounding."""
+    import json
+
+    from detr_ft.cli import main
+    from detr_ft.detector import Detector
+
+    ckpt = trained_run / "last.ckpt"
+    index = load_index(synthetic_dir, "test")
+    images = [index.load_image(r) for r in index.records[:4]]
+    plain, fast = Detector.load(ckpt, device="cpu"), Detector.load(ckpt, device="cpu", autocast=True)
+    dtypes = {}
+    for name, detector in (("plain", plain), ("fast", fast)):
+        conv = next(m for m in detector.model.modules() if isinstance(m, nn.Conv2d))
+        conv.register_forward_hook(lambda m, i, o, name=name: dtypes.setdefault(name, set()).add(o.dtype))
+    a, b = plain.predict(images, threshold=0.0), fast.predict(images, threshold=0.0)
+    assert dtypes == {"plain": {torch.float32}, "fast": {torch.bfloat16}}
+    for dets_a, dets_b in zip(a, b):
+        assert len(dets_a) == len(dets_b) > 0
+        scores_a = sorted((d["score"] for d in dets_a), reverse=True)
+        scores_b = sorted((d["score"] for d in dets_b), reverse=True)
+        assert all(isinstance(s, float) for s in scores_b)
+        assert max(abs(x - y) for x, y in zip(scores_a, scores_b)) < 0.03
+
+    found = {}
+    for flags in ([], ["--autocast"]):
+        out = tmp_path / f"eval{len(flags)}"
+        assert main(["eval", "--ckpt-path", str(ckpt), "--data-dir", str(synthetic_dir), "--device", "cpu",
+                     *flags, "--output-dir", str(out)]) == 0
+        found[bool(flags)] = json.loads((out / "metrics.json").read_text())
+    assert found[True]["autocast"] is True and found[False]["autocast"] is False
+    assert found[True]["map_50"] == pytest.approx(found[False]["map_50"], abs=0.05)
+    assert main(["predict", "--ckpt-path", str(ckpt), "--data-dir", str(synthetic_dir), "--device", "cpu",
+                 "--autocast", "--max-inf-frames", "2", "--output-dir", str(tmp_path / "predict")]) == 0
+    detections = json.loads((tmp_path / "predict" / "detections.json").read_text())
+    assert {d["image_id"] for d in detections} <= {r.image_id for r in index.records[:2]}
+    assert all(0.5 <= d["score"] <= 1.0 for d in detections)  # --threshold 0.5, float scores

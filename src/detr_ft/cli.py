@@ -56,6 +56,13 @@ def add_channels_last(p, default: bool = True) -> None:
                    help="channels-last convolutions on CPU and CUDA (faster there; the same results)")
 
 
+def add_inference_autocast(p) -> None:
+    """``--autocast`` for eval and predict, as train has it."""
+    p.add_argument("--autocast", action="store_true",
+                   help="bf16 mixed precision: faster on GPUs and on CPUs with bf16 instructions "
+                        "(AVX-512 BF16, AMX); scores and boxes move by bf16 rounding")
+
+
 def add_train_args(p: argparse.ArgumentParser) -> None:
     b = argparse.BooleanOptionalAction
     d = TrainConfig()
@@ -154,6 +161,7 @@ def build_parser() -> Parser:
     ev.add_argument("--device", choices=DEVICES, default="auto")
     ev.add_argument("--on-bad-data", choices=["error", "skip"], default="error")
     add_channels_last(ev)
+    add_inference_autocast(ev)
     add_common(ev)
 
     pr = sub.add_parser("predict", help="annotated images and detections.json")
@@ -170,6 +178,7 @@ def build_parser() -> Parser:
     pr.add_argument("--pad", action=argparse.BooleanOptionalAction, default=False,
                     help="run on the fixed canvas of training (static shapes)")
     add_channels_last(pr)
+    add_inference_autocast(pr)
     pr.add_argument("--cuda-graphs", action="store_true",
                     help="replay CUDA graphs (torch.compile reduce-overhead); needs --pad and --device cuda")
     pr.add_argument("--num-buckets", type=int, default=0,
@@ -365,7 +374,8 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
         run_eval(args.ckpt_path, args.data_dir, out, args.split, args.batch_size, device=args.device,
-                 on_bad_data=args.on_bad_data, hf_dataset=args.hf_dataset, channels_last=args.channels_last)
+                 on_bad_data=args.on_bad_data, hf_dataset=args.hf_dataset, channels_last=args.channels_last,
+                 autocast=args.autocast)
         print(f"\nmetrics: {out / 'metrics.json'}\ndetections: {out / 'detections.json'}")
         return 0
     if args.command == "predict":
@@ -421,7 +431,7 @@ def cmd_predict(args: argparse.Namespace, out: Path) -> int:
     summary = run_predict(args.ckpt_path, out, images=args.images, data_dir=args.data_dir, split=args.split,
                           threshold=args.threshold, max_inf_frames=args.max_inf_frames,
                           batch_size=args.batch_size, device=args.device, pad=args.pad, hf_dataset=args.hf_dataset,
-                          cuda_graphs=args.cuda_graphs, channels_last=args.channels_last)
+                          cuda_graphs=args.cuda_graphs, channels_last=args.channels_last, autocast=args.autocast)
     print_summary("predict", out, {k: summary[k] for k in ("images", "detections", "annotated",
                                                            "detections_json")})
     return 0

@@ -19,9 +19,9 @@ MAX_DETECTIONS = 100
 
 def run_eval(ckpt_path: str, data_dir: str, out_dir: Path, split: str = "test", batch_size: int = 8,
              num_workers: int = 0, device: str = "auto", on_bad_data: str = "error",
-             hf_dataset: str | None = None, channels_last: bool = True) -> dict:
+             hf_dataset: str | None = None, channels_last: bool = True, autocast: bool = False) -> dict:
     """Evaluate; writes metrics.json, detections.json and per_class_ap.png into ``out_dir``."""
-    detector = Detector.load(ckpt_path, device=device, channels_last=channels_last)
+    detector = Detector.load(ckpt_path, device=device, channels_last=channels_last, autocast=autocast)
     index = read_split(data_dir, split, on_bad_data, categories=detector.categories, hf_dataset=hf_dataset)
     loader = DataLoader(DetectionDataset(index, detector.resize), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=detector.collator)
@@ -32,7 +32,7 @@ def run_eval(ckpt_path: str, data_dir: str, out_dir: Path, split: str = "test", 
     metrics = coco_metrics(ground_truth(index.records, detector.categories), results, detector.categories)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = {**metrics, "split": split, "images": len(index), "checkpoint": str(ckpt_path),
+    metrics = {**metrics, "split": split, "images": len(index), "checkpoint": str(ckpt_path), "autocast": autocast,
                "data": index.report.to_dict()}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "detections.json").write_text(json.dumps(results))

@@ -37,7 +37,8 @@ def collect_images(paths: list[str]) -> list[Path]:
 def run_predict(ckpt_path: str, out_dir: Path, images: list[str] | None = None, data_dir: str | None = None,
                 split: str = "test", threshold: float = 0.5, max_inf_frames: int = 0, batch_size: int = 8,
                 device: str = "auto", pad: bool = False, detector: Detector | None = None,
-                hf_dataset: str | None = None, cuda_graphs: bool = False, channels_last: bool = True) -> dict:
+                hf_dataset: str | None = None, cuda_graphs: bool = False, channels_last: bool = True,
+                autocast: bool = False) -> dict:
     """Run the detector over images or a dataset split (``data_dir``, or ``hf_dataset``); returns a summary."""
     if not 0.0 <= threshold <= 1.0:
         raise UserError(f"--threshold must be between 0 and 1 (got {threshold})")
@@ -45,7 +46,7 @@ def run_predict(ckpt_path: str, out_dir: Path, images: list[str] | None = None, 
         raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
     if cuda_graphs and not pad:
         raise UserError("--cuda-graphs needs static shapes: add --pad")
-    detector = detector or Detector.load(ckpt_path, device=device, channels_last=channels_last)
+    detector = detector or Detector.load(ckpt_path, device=device, channels_last=channels_last, autocast=autocast)
     if pad:  # static shapes: every batch on the largest canvas the resize produces, full batches
         detector.use_canvas(detector.resize.max_canvas, fill_to=batch_size)
     if cuda_graphs or detector.device.type == "hpu":

@@ -219,7 +219,7 @@ def sample_predictions(module: DetrModule, resize, categories, cfg: TrainConfig,
 
     # a copy: the Detector folds its model's batch norms for inference
     detector = Detector(copy.deepcopy(module.model), resize, categories, device=module.device.type,
-                        channels_last=cfg.channels_last)
+                        channels_last=cfg.channels_last, autocast=cfg.autocast)
     run_predict("", out / "predictions", data_dir=cfg.data_dir, split="test", threshold=cfg.threshold,
                 max_inf_frames=cfg.max_inf_frames, batch_size=cfg.batch_size, detector=detector,
                 hf_dataset=cfg.hf_dataset)
