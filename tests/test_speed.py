@@ -345,6 +345,10 @@ def test_inference_autocast_runs_the_network_in_bf16(trained_run, synthetic_dir,
         conv.register_forward_hook(lambda m, i, o, name=name: dtypes.setdefault(name, set()).add(o.dtype))
     a, b = plain.predict(images, threshold=0.0), fast.predict(images, threshold=0.0)
     assert dtypes == {"plain": {torch.float32}, "fast": {torch.bfloat16}}
+    dtypes.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a caller's own autocast stays on
+        plain.predict(images[:1])
+    assert dtypes == {"plain": {torch.bfloat16}}
     for dets_a, dets_b in zip(a, b):
         assert len(dets_a) == len(dets_b) > 0
         scores_a = sorted((d["score"] for d in dets_a), reverse=True)

@@ -15,6 +15,7 @@ post-processing are detr-ft's own and give what transformers'
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,8 @@ class Detector:
     @torch.inference_mode()
     def detect_batch(self, batch: Batch, threshold: float = 0.0) -> list[Detections]:
         """Detections above ``threshold`` for a batch on the device, normalised (``Batch.ready``)."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+        # autocast(enabled=False) would switch off a caller's own autocast: enter it only when asked
+        with torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else nullcontext():
             out = detection_outputs(self.model, batch.pixel_values, batch.pixel_mask, with_aux=False)
         return postprocess(out.logits, out.boxes, batch.orig_sizes, self.categories, threshold)
 
