@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # detr-ft on one CUDA GPU: the checks no CPU machine can make (issue "scale-out and accelerators").
 #
-#   1. train detr-tiny with --device cuda --autocast --pad --num-buckets 1 --compile
+# All on a small DETR saved like a pretrained checkpoint (frozen batch norms, which detr-ft's
+# training applies inside the convolutions before them), as fine-tuning facebook/detr-resnet-50 runs:
+#
+#   1. train it with --device cuda --autocast --pad --num-buckets 1 --compile
 #      (recompiles over the whole run, validation included, must stay <= 2)
 #   2. Lightning DDP with one device (--strategy ddp --devices 1; --autocast --pad --num-buckets 1,
 #      not compiled again: compile is check 1's, and it is most of the time)
@@ -20,7 +23,20 @@ mkdir -p "$work"
 detr() { "$PYTHON" -m detr_ft "$@"; }
 
 detr data synthetic --out "$work/data" --train 64 --val 16 --size 320 >&2
-common=(--data-dir "$work/data" --model detr-tiny --device cuda --autocast --pad --num-buckets 1
+"$PYTHON" - "$work/model" >&2 <<'EOF'
+import sys
+
+from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor, ResNetConfig
+
+backbone = ResNetConfig(embedding_size=32, hidden_sizes=[64, 128, 192, 256], depths=[1, 1, 1, 1],
+                        layer_type="bottleneck", out_features=["stage4"])
+DetrForObjectDetection(DetrConfig(
+    use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone, d_model=128,
+    encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+    encoder_ffn_dim=256, decoder_ffn_dim=256, num_queries=20, num_labels=5)).save_pretrained(sys.argv[1])
+DetrImageProcessor(size={"shortest_edge": 256, "longest_edge": 320}).save_pretrained(sys.argv[1])
+EOF
+common=(--data-dir "$work/data" --model "$work/model" --device cuda --autocast --pad --num-buckets 1
         --max-epochs 2 --batch-size 8 --num-workers 2 --seed 0)
 said() { echo "gpu_checks.sh: $1 exit code $2 after $SECONDS s" >&2; }
 detr train "${common[@]}" --compile --output-dir "$work/train" >&2;             train_rc=$?; said train $train_rc
