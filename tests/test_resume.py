@@ -100,6 +100,49 @@ def test_dropout_random_state_is_restored_on_resume(synthetic_dir, tmp_path, mon
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_pretrained_backbone_with_fused_norms_resumes_bit_identical(synthetic_dir, tmp_path):
+    """The path of fine-tuning a hub checkpoint: frozen batch norms fused into the convolutions in
+    training, a checkpoint in the unfused layout, loaded back into a fused model on --resume."""
+    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+
+    from detr_ft.model.speed import FrozenNormConv2d
+    from detr_ft.train import fit
+
+    backbone = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1],
+                            layer_type="bottleneck", out_features=["stage4"])
+    torch.manual_seed(0)
+    model = DetrForObjectDetection(DetrConfig(
+        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone, d_model=32,
+        encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=8, num_labels=5))
+    with torch.no_grad():  # statistics away from the identity, as pretrained ones are
+        for m in model.modules():
+            if type(m).__name__ == "DetrFrozenBatchNorm2d":
+                m.running_var.uniform_(0.5, 2.0)
+                m.running_mean.uniform_(-0.5, 0.5)
+    model.save_pretrained(tmp_path / "model")
+
+    def config(out: Path, epochs: int, resume: bool = False) -> TrainConfig:
+        return TrainConfig(output_dir=str(out), data_dir=str(synthetic_dir), model=str(tmp_path / "model"),
+                           max_epochs=epochs, batch_size=8, num_workers=0, deterministic=True, train_only=True,
+                           resume=resume, pad=False, num_buckets=0)
+
+    _, full, _ = fit(config(tmp_path / "full", 2))
+    fit(config(tmp_path / "part", 1))
+    _, resumed, _ = fit(config(tmp_path / "part", 2, resume=True))
+    frozen = sum(type(m).__name__ == "DetrFrozenBatchNorm2d" for m in model.modules())
+    assert sum(isinstance(m, FrozenNormConv2d) for m in resumed.model.modules()) == frozen == 16  # 1 + 4 * 3 + 3
+    a = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "part" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 4
+    assert a["state_dict"].keys() == b["state_dict"].keys() == {f"model.{k}" for k in model.state_dict()}
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    backbone_weights = [k for k in a["state_dict"] if "stages.1." in k and k.endswith("convolution.weight")]
+    assert backbone_weights and not torch.equal(a["state_dict"][backbone_weights[0]],
+                                                model.state_dict()[backbone_weights[0][len("model."):]])
+
+
 def write_csv(path: Path, header: list[str], records: list[dict]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=header)
