@@ -145,7 +145,8 @@ def test_unreachable_hub_still_loads_a_cached_model(tmp_path):
     (snapshot.parent.parent / "refs").mkdir()
     (snapshot.parent.parent / "refs" / "no_timm").write_text("ab" * 20)  # the revision detr-ft asks for
     env = {k: v for k, v in os.environ.items() if "PROXY" not in k.upper()}
-    env.update(HF_HUB_OFFLINE="0", HF_HUB_CACHE=str(tmp_path / "cache"), HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}")
+    env.update(HF_HUB_OFFLINE="0", HF_HUB_CACHE=str(tmp_path / "cache"),
+               HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}")
     code = ("from detr_ft.model.build import build_model; "
             f"b = build_model('facebook/detr-resnet-50', {LABELS!r}); print(b.pretrained, b.model.config.num_labels)")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
