@@ -369,3 +369,33 @@ def test_inference_autocast_runs_the_network_in_bf16(trained_run, synthetic_dir,
     detections = json.loads((tmp_path / "predict" / "detections.json").read_text())
     assert {d["image_id"] for d in detections} <= {r.image_id for r in index.records[:2]}
     assert all(0.5 <= d["score"] <= 1.0 for d in detections)  # --threshold 0.5, float scores
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_autocast_on_a_cpu_without_bf16_instructions_says_so(native, trained_run, synthetic_dir, tmp_path,
+                                                             monkeypatch, capsys):
+    """Without AVX-512 BF16 or AMX, oneDNN emulates bf16, slower than float32: train, eval and
+    predict with --autocast say so in one line (once); with the instructions, or without
+    --autocast, nothing is said."""
+    from detr_ft.cli import main
+    from detr_ft.devices import slow_bf16_note
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert slow_bf16_note("cuda") is None
+    assert (slow_bf16_note("cpu") is None) == native
+    ckpt, data = str(trained_run / "last.ckpt"), str(synthetic_dir)
+    runs = {
+        "train": ["train", "--model", "detr-tiny", "--data-dir", data, "--max-steps", "1", "--batch-size", "4",
+                  "--num-workers", "0", "--max-inf-frames", "2", "--device", "cpu"],
+        "eval": ["eval", "--ckpt-path", ckpt, "--data-dir", data, "--device", "cpu"],
+        "predict": ["predict", "--ckpt-path", ckpt, "--data-dir", data, "--max-inf-frames", "2", "--device", "cpu"],
+    }
+    for name, argv in runs.items():
+        for flags in ([], ["--autocast"]):
+            capsys.readouterr()
+            assert main([*argv, *flags, "--output-dir", str(tmp_path / f"{name}{len(flags)}")]) == 0
+            said = [line for line in capsys.readouterr().out.splitlines() if "bf16" in line]
+            expected = 1 if flags and not native else 0
+            assert len(said) == expected, (name, flags, said)
+            assert all("drop --autocast" in line for line in said)
