@@ -21,7 +21,7 @@ from detr_ft.devices import device_type, slow_bf16_note, trainer_device
 from detr_ft.errors import UserError
 from detr_ft.metrics import METRIC_NAMES, ground_truth
 from detr_ft.model.build import ModelBundle, build_model, set_backbone_trainable
-from detr_ft.model.speed import channels_last_where_it_helps, fuse_frozen_norms
+from detr_ft.model.speed import for_training
 from detr_ft.plots import plot_curves
 from detr_ft.resume import ContinuingCSVLogger, StepSeed, remove_stale_temporaries, resume_point
 
@@ -95,6 +95,7 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     device = trainer_device(cfg.device, cfg.devices, cfg.num_nodes, cfg.strategy, cfg.autocast)  # available?
+    kind = device_type(cfg.device)
     resume_from = newest_checkpoint(out) if cfg.resume else None
     if cfg.resume and resume_from is None:
         raise UserError(f"--resume: no checkpoint in {out} to continue from; drop --resume to start afresh")
@@ -124,10 +125,9 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
     collator = Collator(bundle.resize.mean, bundle.resize.std, canvases=canvases, buckets=buckets)
     val_collator = Collator(bundle.resize.mean, bundle.resize.std, canvases=canvases, buckets=buckets,
                             fill_to=cfg.batch_size if cfg.pad else None)
-    channels_last_where_it_helps(bundle.model, device_type(cfg.device), cfg.channels_last)
-    if cfg.autocast and (note := slow_bf16_note(device_type(cfg.device))):
+    for_training(bundle.model, kind, cfg.channels_last)
+    if cfg.autocast and (note := slow_bf16_note(kind)):
         print(note)
-    fuse_frozen_norms(bundle.model)  # a pretrained backbone's: one pass less per convolution, same weights
     if cfg.compile:
         torch._dynamo.reset()
         bundle.model.model.compile(dynamic=False)
@@ -178,7 +178,7 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
         default_root_dir=out, plugins=[checkpoint_io, *device.plugins],
         # trainable batch norm (random-init presets) sees the global batch on GPUs
         sync_batchnorm=(cfg.devices * cfg.num_nodes > 1 and not bundle.pretrained
-                        and device_type(cfg.device) == "cuda"),
+                        and kind == "cuda"),
     )
     if trainer.is_global_zero:  # the Trainer knows its rank once built (torchrun, SLURM, its own launcher)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -80,7 +80,7 @@ class Sides:
     def __init__(self, cfg: BenchConfig, categories, resize, device: torch.device, only: str | None = None):
         from detr_ft.engine import DetrModule, OptimConfig
         from detr_ft.model.build import ModelBundle
-        from detr_ft.model.speed import channels_last_where_it_helps, fuse_frozen_norms
+        from detr_ft.model.speed import for_training
 
         model, pretrained, self.note = bench_model(cfg.model, categories.id2label, cfg.seed)
         self.pretrained = pretrained
@@ -94,8 +94,7 @@ class Sides:
             self.ours = DetrModule(ModelBundle(model, resize, "detr", pretrained), categories, OptimConfig()).to(device)
         for name, m in self.networks().items():  # as detr-ft train does; the stock side as it is
             if name != "stock":
-                channels_last_where_it_helps(m, device, cfg.channels_last)
-                fuse_frozen_norms(m)
+                for_training(m, device, cfg.channels_last)
         if cfg.compile:  # the network, as detr-ft train --compile does; the losses stay eager
             for m in self.networks().values():
                 m.model.compile(dynamic=False)

@@ -55,6 +55,14 @@ def channels_last_where_it_helps(model: nn.Module, device: torch.device | str, w
     return False
 
 
+def for_training(model: nn.Module, device: torch.device | str, channels_last: bool = True) -> nn.Module:
+    """What ``detr-ft train`` does to its model before training, in place: channels-last where it
+    helps (and ``channels_last``), frozen batch norms fused into their convolutions."""
+    channels_last_where_it_helps(model, device, channels_last)
+    fuse_frozen_norms(model)
+    return model
+
+
 def model_pixels(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     """``pixel_values`` in the layout the model's convolutions use (no copy when it already is)."""
     if getattr(model, "detr_ft_channels_last", False) and pixel_values.dim() == 4:
@@ -71,14 +79,13 @@ def fold_batch_norms(model: nn.Module) -> int:
     if model.training:
         raise ValueError("fold_batch_norms: put the model in eval mode first")
     folded = 0
-    for block in list(model.modules()):
-        for conv_name, norm_name in CONV_NORM_PAIRS:
-            conv, norm = getattr(block, conv_name, None), getattr(block, norm_name, None)
-            if isinstance(conv, nn.Conv2d) and _is_batch_norm(norm):
-                setattr(block, conv_name, _folded(conv, norm))
-                setattr(block, norm_name, nn.Identity())
-                folded += 1
-                _activation_in_place(block)  # conv -> activation: its input is the fresh conv output
+    for block, conv_name, conv, norm_name, norm in _conv_norm_pairs(model):
+        if _is_batch_norm(norm):
+            setattr(block, conv_name, _folded(conv, norm))
+            setattr(block, norm_name, nn.Identity())
+            folded += 1
+            _activation_in_place(block)  # conv -> activation: its input is the fresh conv output
+    for block in model.modules():
         if all(hasattr(block, part) for part in RESIDUAL_PARTS):
             _activation_in_place(block)
     return folded
@@ -112,15 +119,23 @@ def fuse_frozen_norms(model: nn.Module) -> int:
     state dict keeps its keys and values, gradients are the pair's up to float rounding.
     Trainable ``nn.BatchNorm2d`` is left alone."""
     fused = 0
+    for _, _, conv, _, norm in _conv_norm_pairs(model):
+        if type(conv) is nn.Conv2d and _is_frozen_batch_norm(norm):
+            conv.__class__ = FrozenNormConv2d
+            conv.__dict__["frozen_norm"] = norm  # an attribute, not a submodule
+            norm.__class__ = FusedAwayNorm
+            fused += 1
+    return fused
+
+
+def _conv_norm_pairs(model: nn.Module):
+    """(block, conv attribute, conv, norm attribute, norm) for each conv -> norm pair of
+    ``CONV_NORM_PAIRS`` (the modules listed first: callers replace them as they go)."""
     for block in list(model.modules()):
         for conv_name, norm_name in CONV_NORM_PAIRS:
             conv, norm = getattr(block, conv_name, None), getattr(block, norm_name, None)
-            if type(conv) is nn.Conv2d and _is_frozen_batch_norm(norm):
-                conv.__class__ = FrozenNormConv2d
-                conv.__dict__["frozen_norm"] = norm  # an attribute, not a submodule
-                norm.__class__ = FusedAwayNorm
-                fused += 1
-    return fused
+            if isinstance(conv, nn.Conv2d) and norm is not None:
+                yield block, conv_name, conv, norm_name, norm
 
 
 def _activation_in_place(block: nn.Module) -> None:
