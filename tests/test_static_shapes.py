@@ -108,12 +108,13 @@ def step_losses(out):
 
 
 @pytest.mark.slow
-def test_compile_recompiles_at_most_k_plus_one(synthetic_dir, tmp_path):
+def test_compile_recompiles_at_most_k_plus_one(synthetic_dir, tmp_path, capsys):
     k = 2
     summary = run_train(synthetic_dir, tmp_path, "--max-epochs", "2", "--pad", "--num-buckets", str(k),
                         "--compile")
     assert len(summary["buckets"]) <= k
     assert 1 <= summary["recompiles"] <= k + 1
+    assert f"  recompiles: {summary['recompiles']}\n" in capsys.readouterr().out  # told, not only in the file
     assert np.isfinite([float(x) for x in step_losses(tmp_path)]).all()
 
 

@@ -366,7 +366,7 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if summary is None:  # another process of a multi-process run: rank 0 reports
             return 0
         print_summary("train", out, {k: summary.get(k) for k in ("map", "map_50", "images_per_second", "epochs",
-                                                                  "steps", "buckets")})
+                                                                  "steps", "buckets", "recompiles")})
         return 0
     if args.command == "eval":
         from detr_ft.evaluate import run_eval

@@ -59,13 +59,15 @@ def postprocess(logits: torch.Tensor, boxes: torch.Tensor, orig_sizes: torch.Ten
     xyxy[..., 0::2] = xyxy[..., 0::2].clamp(min=0).minimum(w.unsqueeze(-1))
     xyxy[..., 1::2] = xyxy[..., 1::2].clamp(min=0).minimum(h.unsqueeze(-1))
     xyxy = xyxy.gather(1, query[..., None].expand(-1, -1, 4))  # [B, K, 4], one row per detection
-    cat_ids = torch.tensor(categories.ids, dtype=torch.long, device=labels.device)
+    # The selection per image runs on the host, after one copy of each tensor for the whole batch:
+    # on a GPU each boolean index and each copy of a selection waits for the device.
+    scores, labels, xyxy = scores.cpu(), labels.cpu(), xyxy.cpu()
+    cat_ids = torch.tensor(categories.ids, dtype=torch.long)
     results = []
     for i in range(logits.shape[0]):
-        keep = scores[i] > threshold
-        order = scores[i][keep].argsort(descending=True, stable=True)
-        s, lab, b = scores[i][keep][order], labels[i][keep][order], xyxy[i][keep][order]
-        results.append(Detections(b.cpu(), s.cpu(), lab.cpu(), cat_ids[lab].cpu()))
+        kept = (scores[i] > threshold).nonzero().squeeze(1)
+        kept = kept[scores[i][kept].argsort(descending=True, stable=True)]
+        results.append(Detections(xyxy[i][kept], scores[i][kept], labels[i][kept], cat_ids[labels[i][kept]]))
     return results
 
 
