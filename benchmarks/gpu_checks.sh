@@ -4,16 +4,18 @@
 # All on a small DETR saved like a pretrained checkpoint (frozen batch norms, which detr-ft's
 # training applies inside the convolutions before them), as fine-tuning facebook/detr-resnet-50 runs:
 #
-#   1. train it with --device cuda --autocast --pad --num-buckets 1 --compile
-#      (recompiles over the whole run, validation included, must stay <= 2)
-#   2. Lightning DDP with one device (--strategy ddp --devices 1; --autocast --pad --num-buckets 1,
-#      not compiled again: compile is check 1's, and it is most of the time)
-#   3. predict with --pad --cuda-graphs: the same detections as the plain path
+#   ddp     Lightning DDP with one device (--strategy ddp --devices 1 --device cuda --autocast
+#           --pad --num-buckets 1), not compiled: the quick checks come first
+#   graphs  predict with --pad --cuda-graphs on ddp's checkpoint: the same detections as the
+#           plain path (needs ddp)
+#   train   --device cuda --autocast --pad --num-buckets 1 --compile; recompiles over the whole
+#           run, validation included, must stay <= 2 (on an H100 about 170 s, mostly compiling)
 #
-# Prints one JSON object on stdout {"machine", "train", "ddp", "cuda_graphs", "ok"}; logs go to
-# stderr. Exit code 0 when every check passed, 1 when one failed, 2 without a CUDA device.
+# Prints one JSON object on stdout {"machine", "ddp", "cuda_graphs", "train", "ok"} with the checks
+# that ran; logs go to stderr. Exit code 0 when every check passed, 1 when one failed, 2 without
+# a CUDA device.
 #
-#   bash benchmarks/gpu_checks.sh > gpu_checks.json        # PYTHON=... to pick the interpreter
+#   bash benchmarks/gpu_checks.sh > gpu_checks.json   # PYTHON=..., CHECKS=ddp,graphs (default ddp,graphs,train)
 set -uo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/cuda_env.sh"
@@ -39,12 +41,20 @@ EOF
 common=(--data-dir "$work/data" --model "$work/model" --device cuda --autocast --pad --num-buckets 1
         --max-epochs 2 --batch-size 8 --num-workers 2 --seed 0)
 said() { echo "gpu_checks.sh: $1 exit code $2 after $SECONDS s" >&2; }
-detr train "${common[@]}" --compile --output-dir "$work/train" >&2;             train_rc=$?; said train $train_rc
-detr train "${common[@]}" --strategy ddp --devices 1 --output-dir "$work/ddp" >&2; ddp_rc=$?; said ddp $ddp_rc
-detr predict --ckpt-path "$work/train/last.ckpt" --data-dir "$work/data" --device cuda --pad \
-  --threshold 0.0 --output-dir "$work/plain" >&2;                                  plain_rc=$?; said predict $plain_rc
-detr predict --ckpt-path "$work/train/last.ckpt" --data-dir "$work/data" --device cuda --pad --cuda-graphs \
-  --threshold 0.0 --output-dir "$work/graphs" >&2;                  graphs_rc=$?; said "predict --cuda-graphs" $graphs_rc
+checks=",${CHECKS:-ddp,graphs,train},"
+ddp_rc=-1; plain_rc=-1; graphs_rc=-1; train_rc=-1   # -1: not run
+if [[ $checks == *,ddp,* ]]; then
+  detr train "${common[@]}" --strategy ddp --devices 1 --output-dir "$work/ddp" >&2; ddp_rc=$?; said ddp $ddp_rc
+fi
+if [[ $checks == *,graphs,* ]]; then
+  detr predict --ckpt-path "$work/ddp/last.ckpt" --data-dir "$work/data" --device cuda --pad \
+    --threshold 0.0 --output-dir "$work/plain" >&2;                                plain_rc=$?; said predict $plain_rc
+  detr predict --ckpt-path "$work/ddp/last.ckpt" --data-dir "$work/data" --device cuda --pad --cuda-graphs \
+    --threshold 0.0 --output-dir "$work/graphs" >&2;                graphs_rc=$?; said "predict --cuda-graphs" $graphs_rc
+fi
+if [[ $checks == *,train,* ]]; then
+  detr train "${common[@]}" --compile --output-dir "$work/train" >&2;             train_rc=$?; said train $train_rc
+fi
 
 "$PYTHON" - "$work" "$train_rc" "$ddp_rc" "$plain_rc" "$graphs_rc" <<'EOF'
 import json, sys
@@ -75,16 +85,26 @@ def detections(name):
                   for d in json.loads((work / name / "detections.json").read_text()))
 
 
-graphs = {"rc": [plain_rc, graphs_rc], "ok": False}
-if plain_rc == 0 and graphs_rc == 0:
+def cuda_graphs():
+    graphs = {"rc": [plain_rc, graphs_rc], "ok": False}
+    if plain_rc != 0 or graphs_rc != 0:
+        return graphs
     plain, replay = detections("plain"), detections("graphs")
     same = len(plain) == len(replay) and all(
         a[0] == b[0] and a[1] == b[1] and abs(a[2] - b[2]) < 1e-3
         and max(abs(x - y) for x, y in zip(a[3], b[3])) < 0.5 for a, b in zip(plain, replay))
-    graphs.update(detections=len(plain), same_as_plain=same, ok=same)
-report = {"machine": {**machine_facts(), "lightning": __import__("lightning").__version__},
-          "train": run_facts("train", train_rc, True), "ddp": run_facts("ddp", ddp_rc, False), "cuda_graphs": graphs}
-report["ok"] = all(report[k]["ok"] for k in ("train", "ddp", "cuda_graphs"))
+    return {**graphs, "detections": len(plain), "same_as_plain": same, "ok": same}
+
+
+checks = {}   # the checks that ran (-1: not asked for)
+if ddp_rc != -1:
+    checks["ddp"] = run_facts("ddp", ddp_rc, False)
+if plain_rc != -1:
+    checks["cuda_graphs"] = cuda_graphs()
+if train_rc != -1:
+    checks["train"] = run_facts("train", train_rc, True)
+report = {"machine": {**machine_facts(), "lightning": __import__("lightning").__version__}, **checks,
+          "ok": bool(checks) and all(c["ok"] for c in checks.values())}
 print(json.dumps(report, indent=1))
 sys.exit(0 if report["ok"] else 1)
 EOF
