@@ -17,7 +17,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.image_transforms import center_to_corners_format
-from transformers.loss.loss_for_object_detection import sigmoid_focal_loss
 
 from detr_ft.data.batching import PAD_BOX
 from detr_ft.model.box_ops import generalized_box_iou
@@ -109,29 +108,24 @@ class SetCriterion(nn.Module):
         layers = [(logits, pred_boxes)]
         if self.aux_loss and aux_outputs:
             layers += [_layer_pair(output) for output in aux_outputs]
+        # Every layer at once, [L, B, Q, ...]: one kernel per loss term rather than one per term
+        # and layer (on a GPU the loss is launch-bound while the device waits for it).
+        all_logits = torch.stack([lg for lg, _ in layers])
+        all_boxes = torch.stack([bx for _, bx in layers])
 
         # Match every layer in one go: one cost tensor [L, B, Q, T], one copy to the host.
-        src_idx, matched = self.matcher(
-            torch.stack([lg.detach() for lg, _ in layers]),
-            torch.stack([bx.detach() for _, bx in layers]),
-            labels,
-            boxes,
-            valid,
-        )
+        src_idx, matched = self.matcher(all_logits.detach(), all_boxes.detach(), labels, boxes, valid)
         num_boxes, ce_weight_sum = self._normalisers(valid, matched[0], logits.shape[1])
 
+        parts = self._losses(all_logits, all_boxes, labels, boxes, valid, src_idx, matched, num_boxes, ce_weight_sum)
+        total = sum(parts[k] * w for k, w in self.weight_dict.items()).sum()
         losses: dict[str, Tensor] = {}
-        total = 0.0
-        for i, (layer_logits, layer_boxes) in enumerate(layers):
-            parts = self._layer_losses(
-                layer_logits, layer_boxes, labels, boxes, valid, src_idx[i], matched[i], num_boxes, ce_weight_sum
-            )
-            total = total + sum(parts[k] * w for k, w in self.weight_dict.items())
+        for i in range(len(layers)):  # transformers' names: final layer plain, aux layer i suffixed
             suffix = "" if i == 0 else f"_{i - 1}"
-            losses.update({k + suffix: v for k, v in parts.items()})
+            losses.update({k + suffix: v[i] for k, v in parts.items()})
         return {"loss": total, **losses}
 
-    def _layer_losses(
+    def _losses(
         self,
         logits: Tensor,
         pred_boxes: Tensor,
@@ -143,32 +137,33 @@ class SetCriterion(nn.Module):
         num_boxes: Tensor,
         ce_weight_sum: Tensor,
     ) -> dict[str, Tensor]:
-        """Losses of one layer; src_idx / matched: [B, T] from the matcher."""
+        """Each loss per layer, [L]; logits [L, B, Q, K], pred_boxes [L, B, Q, 4], src_idx /
+        matched [L, B, T] from the matcher, targets [B, T] shared by all layers."""
         logits = _upcast(logits)
-        batch_size, num_queries = logits.shape[:2]
+        num_layers, batch_size, num_queries = logits.shape[:3]
 
         # Classification: every query is no-object except the matched ones. Unmatched slots
         # scatter into an extra dump column Q, dropped afterwards, so indices never collide.
         target_classes = torch.full(
-            (batch_size, num_queries + 1), self.num_classes, dtype=torch.long, device=logits.device
+            (num_layers, batch_size, num_queries + 1), self.num_classes, dtype=torch.long, device=logits.device
         )
         target_classes.scatter_(
-            1,
+            -1,
             torch.where(matched, src_idx, num_queries),
             torch.where(matched, labels, self.num_classes),
         )
-        loss_ce = self._loss_ce(logits, target_classes[:, :num_queries], num_boxes, ce_weight_sum)
+        loss_ce = self._loss_ce(logits, target_classes[..., :num_queries], num_boxes, ce_weight_sum)
 
         # Boxes: gather the matched query's box for every slot; unmatched slots compare a
         # fixed finite box with itself (zero loss, zero and finite gradient).
-        src_boxes = _upcast(pred_boxes).gather(1, src_idx[..., None].expand(-1, -1, 4))  # [B, T, 4]
+        src_boxes = _upcast(pred_boxes).gather(2, src_idx[..., None].expand(-1, -1, -1, 4))  # [L, B, T, 4]
         pad_box = self.pad_box.to(src_boxes)
         src_boxes = torch.where(matched[..., None], src_boxes, pad_box)
         tgt_boxes = torch.where(matched[..., None], boxes.to(src_boxes.dtype), pad_box)
-        l1 = (src_boxes - tgt_boxes).abs().sum(-1)  # [B, T]
+        l1 = (src_boxes - tgt_boxes).abs().sum(-1)  # [L, B, T]
         giou = 1 - generalized_box_iou(center_to_corners_format(src_boxes), center_to_corners_format(tgt_boxes))
-        loss_bbox = torch.where(matched, l1, 0).sum() / num_boxes
-        loss_giou = torch.where(matched, giou, 0).sum() / num_boxes
+        loss_bbox = torch.where(matched, l1, 0).sum((1, 2)) / num_boxes
+        loss_giou = torch.where(matched, giou, 0).sum((1, 2)) / num_boxes
 
         return {
             "loss_ce": loss_ce,
@@ -178,21 +173,23 @@ class SetCriterion(nn.Module):
         }
 
     def _loss_ce(self, logits: Tensor, target_classes: Tensor, num_boxes: Tensor, ce_weight_sum: Tensor) -> Tensor:
-        """Weighted cross-entropy; logits [B, Q, C+1], target_classes [B, Q] (C = no-object).
+        """Weighted cross-entropy per layer [L]; logits [L, B, Q, C+1], target_classes [L, B, Q]
+        (C = no-object).
 
         The weighted sum over queries divided by the sum of the weights — transformers'
         weighted mean in one process; under DDP the weight sum is averaged over processes
         (like ``num_boxes``), so the averaged gradients equal one process's over the
         global batch."""
-        ce = F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight.to(logits), reduction="sum")
-        return ce / ce_weight_sum
+        ce = F.cross_entropy(logits.flatten(0, 1).transpose(1, 2), target_classes.flatten(0, 1),
+                             self.empty_weight.to(logits), reduction="none")  # [L * B, Q], weighted
+        return ce.unflatten(0, logits.shape[:2]).sum((1, 2)) / ce_weight_sum
 
     @staticmethod
     @torch.no_grad()
     def _cardinality_error(logits: Tensor, valid: Tensor) -> Tensor:
-        """Mean |#queries not predicting no-object - #real objects| per image (logging only)."""
-        num_pred = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1)
-        return F.l1_loss(num_pred.float(), valid.sum(1).float())
+        """Per layer [L]: mean |#queries not predicting no-object - #real objects| per image (logging only)."""
+        num_pred = (logits.argmax(-1) != logits.shape[-1] - 1).sum(-1)  # [L, B]
+        return (num_pred - valid.sum(1)).abs().float().mean(-1)
 
     def _normalisers(self, valid: Tensor, matched: Tensor, num_queries: int) -> tuple[Tensor, Tensor]:
         """(num_boxes, ce_weight_sum), each averaged over processes in one all-reduce.
@@ -236,13 +233,20 @@ class FocalSetCriterion(SetCriterion):
         return cls(config.num_labels, matcher, config.focal_alpha, _weight_dict(config), config.auxiliary_loss)
 
     def _loss_ce(self, logits: Tensor, target_classes: Tensor, num_boxes: Tensor, ce_weight_sum: Tensor) -> Tensor:
-        """Sigmoid focal loss; logits [B, Q, C], target_classes [B, Q] (C = no object)."""
+        """Sigmoid focal loss per layer [L]; logits [L, B, Q, C], target_classes [L, B, Q] (C = no object).
+
+        transformers' ``sigmoid_focal_loss`` reduces over every dimension, so its terms are
+        written out here, to be summed per layer: alpha_t * BCE * (1 - p_t) ** gamma."""
         onehot = F.one_hot(target_classes, self.num_classes + 1)[..., :-1].to(logits.dtype)
-        return sigmoid_focal_loss(logits, onehot, num_boxes, alpha=self.focal_alpha, gamma=2) * logits.shape[1]
+        prob = logits.sigmoid()
+        bce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
+        p_t = prob * onehot + (1 - prob) * (1 - onehot)
+        alpha_t = self.focal_alpha * onehot + (1 - self.focal_alpha) * (1 - onehot)
+        return (alpha_t * bce * (1 - p_t) ** 2).sum((1, 2, 3)) / num_boxes
 
     @staticmethod
     @torch.no_grad()
     def _cardinality_error(logits: Tensor, valid: Tensor) -> Tensor:
-        """Mean |#queries with some class probability > 0.5 - #real objects| per image (logging only)."""
-        num_pred = (logits.max(-1).values > 0).sum(1)
-        return F.l1_loss(num_pred.float(), valid.sum(1).float())
+        """Per layer [L]: mean |#queries with some class probability > 0.5 - #real objects| per image (logging only)."""
+        num_pred = (logits.max(-1).values > 0).sum(-1)  # [L, B]
+        return (num_pred - valid.sum(1)).abs().float().mean(-1)
