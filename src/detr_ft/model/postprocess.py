@@ -67,7 +67,8 @@ def postprocess(logits: torch.Tensor, boxes: torch.Tensor, orig_sizes: torch.Ten
     for i in range(logits.shape[0]):
         kept = (scores[i] > threshold).nonzero().squeeze(1)
         kept = kept[scores[i][kept].argsort(descending=True, stable=True)]
-        results.append(Detections(xyxy[i][kept], scores[i][kept], labels[i][kept], cat_ids[labels[i][kept]]))
+        lab = labels[i][kept]
+        results.append(Detections(xyxy[i][kept], scores[i][kept], lab, cat_ids[lab]))
     return results
 
 
