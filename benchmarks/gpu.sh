@@ -5,9 +5,10 @@
 #   compile run: train and infer with --compile (the network torch.compiled on both sides;
 #                the batch-1 latency with torch.compile(mode="reduce-overhead") = CUDA graphs
 #                on detr-ft's fixed canvas). STATIC_COMPILE=1 adds static to it (3 more compiles).
+#   criterion:   benchmarks/criterion_cost.py on the GPU (its ops and time per step, a few seconds)
 #
 # Prints one JSON object on stdout, {"machine", "command", "eager": [records], "compile":
-# [records], "notes"}; the tables and progress go to stderr. Sized to finish within 8 minutes
+# [records], "criterion", "notes"}; the tables and progress go to stderr. Sized to finish within 8 minutes
 # on an H100. Without a CUDA device it stops at once: one line on stderr, exit code 2.
 #
 #   bash benchmarks/gpu.sh > gpu.json     # PYTHON=..., BATCH=8 STEPS=10 IMAGES=100 WHAT=... COMPILE_WHAT=... WORK=DIR
@@ -50,6 +51,9 @@ echo "gpu.sh: eager run ($((SECONDS - started)) s)" >&2
 echo "gpu.sh: compile run ($((SECONDS - started)) s)" >&2
 "$PYTHON" -m detr_ft bench "${common[@]}" --what "$compiled_what" --compile --no-memory \
   --output-dir "$work/compile" --json "$work/compile.json" >&2
+echo "gpu.sh: criterion cost ($((SECONDS - started)) s)" >&2
+"$PYTHON" "$(dirname "${BASH_SOURCE[0]}")/criterion_cost.py" --device cuda --batch-size "$BATCH" --rounds 100 \
+  > "$work/criterion.json"
 echo "gpu.sh: done in $((SECONDS - started)) s" >&2
 
 "$PYTHON" - "$work" "${common[*]}" "$compiled_what" $((SECONDS - started)) "$WHAT" <<'EOF'
@@ -64,6 +68,7 @@ print(json.dumps({
                 "compile": f"detr-ft bench {common} --what {compiled_what} --compile --no-memory"},
     "eager": json.loads((work / "eager.json").read_text()),
     "compile": json.loads((work / "compile.json").read_text()),
+    "criterion": {k: v for k, v in json.loads((work / "criterion.json").read_text()).items() if k != "machine"},
     "notes": {"eager": eager_env["notes"], "compile": compile_env["notes"]},
     "wall_seconds": seconds,
 }, indent=1))
