@@ -15,7 +15,6 @@ post-processing are detr-ft's own and give what transformers'
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from detr_ft.data.batching import Batch, Collator
 from detr_ft.data.coco import Categories
 from detr_ft.data.dataset import Sample
 from detr_ft.data.transforms import ResizeSpec, displayed_size, load_image, resized_tensor, to_rgb
-from detr_ft.devices import inference_device
+from detr_ft.devices import bf16_autocast, inference_device
 from detr_ft.errors import UserError
 from detr_ft.model.outputs import detection_outputs
 from detr_ft.model.postprocess import Detections, postprocess
@@ -95,8 +94,7 @@ class Detector:
     @torch.inference_mode()
     def detect_batch(self, batch: Batch, threshold: float = 0.0) -> list[Detections]:
         """Detections above ``threshold`` for a batch on the device, normalised (``Batch.ready``)."""
-        # autocast(enabled=False) would switch off a caller's own autocast: enter it only when asked
-        with torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else nullcontext():
+        with bf16_autocast(self.device, self.autocast):
             out = detection_outputs(self.model, batch.pixel_values, batch.pixel_mask, with_aux=False)
         return postprocess(out.logits, out.boxes, batch.orig_sizes, self.categories, threshold)
 

@@ -86,6 +86,20 @@ def slow_bf16_note(device: str | torch.device) -> str | None:
             "slower than float32; drop --autocast for speed")
 
 
+def say_if_slow_bf16(device: str | torch.device, autocast: bool) -> None:
+    """Print ``slow_bf16_note`` for an ``--autocast`` run where it applies (train, eval, predict)."""
+    if autocast and (note := slow_bf16_note(device)):
+        print(note)
+
+
+def bf16_autocast(device: str | torch.device, enabled: bool):
+    """bf16 autocast on ``device`` when ``enabled``, else a no-op context. Not
+    ``autocast(enabled=False)``: that would switch a caller's own autocast off."""
+    if enabled:
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def trainer_device(device: str, devices: int, num_nodes: int, strategy: str, autocast: bool) -> TrainerDevice:
     """Accelerator, strategy, plugins and precision for ``--device``; a UserError where unavailable."""
     precision = "bf16-mixed" if autocast else "32-true"

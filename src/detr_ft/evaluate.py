@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from detr_ft.data.hf_dataset import read_split
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.detector import Detector
-from detr_ft.devices import slow_bf16_note
+from detr_ft.devices import say_if_slow_bf16
 from detr_ft.metrics import coco_metrics, format_table, ground_truth
 from detr_ft.model.postprocess import to_coco_results
 from detr_ft.plots import plot_per_class
@@ -23,8 +23,7 @@ def run_eval(ckpt_path: str, data_dir: str, out_dir: Path, split: str = "test", 
              hf_dataset: str | None = None, channels_last: bool = True, autocast: bool = False) -> dict:
     """Evaluate; writes metrics.json, detections.json and per_class_ap.png into ``out_dir``."""
     detector = Detector.load(ckpt_path, device=device, channels_last=channels_last, autocast=autocast)
-    if autocast and (note := slow_bf16_note(detector.device)):
-        print(note)
+    say_if_slow_bf16(detector.device, autocast)
     index = read_split(data_dir, split, on_bad_data, categories=detector.categories, hf_dataset=hf_dataset)
     loader = DataLoader(DetectionDataset(index, detector.resize), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=detector.collator)

@@ -11,7 +11,7 @@ import numpy as np
 from detr_ft.data.hf_dataset import read_split
 from detr_ft.data.transforms import load_image
 from detr_ft.detector import Detector
-from detr_ft.devices import slow_bf16_note
+from detr_ft.devices import say_if_slow_bf16
 from detr_ft.draw import draw_boxes, side_by_side
 from detr_ft.errors import UserError
 from detr_ft.model.postprocess import to_coco_results
@@ -49,8 +49,7 @@ def run_predict(ckpt_path: str, out_dir: Path, images: list[str] | None = None, 
         raise UserError("--cuda-graphs needs static shapes: add --pad")
     if detector is None:
         detector = Detector.load(ckpt_path, device=device, channels_last=channels_last, autocast=autocast)
-        if autocast and (note := slow_bf16_note(detector.device)):
-            print(note)
+        say_if_slow_bf16(detector.device, autocast)
     if pad:  # static shapes: every batch on the largest canvas the resize produces, full batches
         detector.use_canvas(detector.resize.max_canvas, fill_to=batch_size)
     if cuda_graphs or detector.device.type == "hpu":

@@ -17,7 +17,7 @@ from detr_ft.config import TrainConfig
 from detr_ft.data.batching import Collator, compute_buckets, padded_pixel_fraction
 from detr_ft.data.hf_dataset import read_split
 from detr_ft.engine import DetectionData, DetrModule, NonFiniteLossError, OptimConfig, Throughput
-from detr_ft.devices import device_type, slow_bf16_note, trainer_device
+from detr_ft.devices import device_type, say_if_slow_bf16, trainer_device
 from detr_ft.errors import UserError
 from detr_ft.metrics import METRIC_NAMES, ground_truth
 from detr_ft.model.build import ModelBundle, build_model, set_backbone_trainable
@@ -126,8 +126,7 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
     val_collator = Collator(bundle.resize.mean, bundle.resize.std, canvases=canvases, buckets=buckets,
                             fill_to=cfg.batch_size if cfg.pad else None)
     for_training(bundle.model, kind, cfg.channels_last)
-    if cfg.autocast and (note := slow_bf16_note(kind)):
-        print(note)
+    say_if_slow_bf16(kind, cfg.autocast)
     if cfg.compile:
         torch._dynamo.reset()
         bundle.model.model.compile(dynamic=False)

@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch
 
+from detr_ft.devices import bf16_autocast
+
 
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work, so a clock reading means finished work."""
@@ -23,9 +25,7 @@ def synchronize(device: torch.device) -> None:
 
 def autocast(device: torch.device, precision: str):
     """bf16 mixed precision (as ``--autocast`` / Lightning's bf16-mixed), or nothing for fp32."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return bf16_autocast(device, precision == "bf16")
 
 
 def latency_compile_mode(device: torch.device) -> str | None:
