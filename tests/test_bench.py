@@ -306,6 +306,38 @@ def test_batch_pickles_whole_before_and_after_ready():
             assert (a is None and b is None) or (torch.equal(a, b) and a.dtype == b.dtype), f.name
 
 
+@pytest.mark.parametrize("workers, device, threads_inside", [(2, "cpu", 1), (0, "cpu", 2), (2, "cuda", 2)])
+def test_cpu_batches_from_workers_are_normalised_on_one_thread(workers, device, threads_inside, monkeypatch,
+                                                               synthetic_dir):
+    """Training's hand-off (``DetectionData.transfer_batch_to_device``): while loader workers keep
+    the CPU's cores busy, the main process normalises a batch with one intra-op thread, then
+    has its threads back; the batch is the same as ``ready()``'s. Without workers, or for
+    another device, nothing changes."""
+    from detr_ft.data.batching import Batch
+    from detr_ft.data.coco import load_index
+    from detr_ft.data.transforms import ResizeSpec
+    from detr_ft.engine import DetectionData
+
+    collate, samples = _collate_samples()
+    data = DetectionData(load_index(synthetic_dir, "train"), None, ResizeSpec(64, 64), 2, workers, collate)
+    seen, plain_ready = [], Batch.ready
+
+    def ready(batch, dev, non_blocking=False):  # on the CPU whatever the device asked (none here)
+        seen.append(torch.get_num_threads())
+        return plain_ready(batch, "cpu")
+
+    monkeypatch.setattr(Batch, "ready", ready)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = data.transfer_batch_to_device(collate(samples), torch.device(device), 0)
+        assert seen == [threads_inside] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    expected = plain_ready(collate(samples), "cpu")
+    assert out.norm is None and torch.equal(out.pixel_values, expected.pixel_values)
+
+
 def test_predict_batches_by_orientation_and_keeps_the_order_given(tmp_path):
     """Detector.predict groups similar shapes into a batch (a landscape and a portrait image
     would pad each other to a square) and returns the results in the order of the input."""

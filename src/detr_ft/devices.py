@@ -100,6 +100,22 @@ def bf16_autocast(device: str | torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def one_cpu_thread(enabled: bool = True):
+    """Run the CPU ops inside on one intra-op thread when ``enabled`` (the thread count is
+    restored after). For small memory-bound work while loader workers keep the cores busy:
+    a multi-threaded op then waits at OpenMP barriers for threads a worker has descheduled."""
+    threads = torch.get_num_threads()
+    if not enabled or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def trainer_device(device: str, devices: int, num_nodes: int, strategy: str, autocast: bool) -> TrainerDevice:
     """Accelerator, strategy, plugins and precision for ``--device``; a UserError where unavailable."""
     precision = "bf16-mixed" if autocast else "32-true"

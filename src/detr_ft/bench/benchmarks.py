@@ -40,9 +40,9 @@ def bench_train(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: li
 
 
 def bench_static(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: list[str]) -> list[Record]:
-    from detr_ft.data.batching import Batch
 
-    ours_loader = ws.our_loader(0, drop_last=True)
+    ours_data = ws.our_data(0, drop_last=True)
+    ours_loader = ours_data.train_dataloader()
     ours_it = forever(ours_loader)
     stock_it = forever(ws.stock_loader(0, drop_last=True))
     opt = sides.reset()
@@ -55,8 +55,7 @@ def bench_static(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: l
             sides.our_step(opt["ours"], ours_loader.collate_fn(samples).ready(device))
 
     def ours():
-        batch: Batch = next(ours_it)
-        sides.our_step(opt["ours"], batch.ready(device, non_blocking=True))
+        sides.our_step(opt["ours"], ours_data.transfer_batch_to_device(next(ours_it), device))
 
     def stock():
         b = next(stock_it)
@@ -78,11 +77,13 @@ def bench_data(ws: Workspace, cfg: BenchConfig, device, notes: list[str]) -> lis
     n = len(ws.index)
     records = []
     for workers in cfg.workers:
-        loaders = {"ours": ws.our_loader(workers, drop_last=False), "stock": ws.stock_loader(workers, drop_last=False)}
-        # ours normalises in ready() (on the device in training): counted here, on the CPU
-        times = alternate({"ours": lambda: sum(len(b.ready("cpu")) for b in loaders["ours"]),
+        ours = ws.our_data(workers, drop_last=False)
+        loaders = {"ours": ours.train_dataloader(), "stock": ws.stock_loader(workers, drop_last=False)}
+        # ours normalises where the batch arrives (on the device in training): counted here, on the CPU
+        cpu = torch.device("cpu")
+        times = alternate({"ours": lambda: sum(len(ours.transfer_batch_to_device(b, cpu)) for b in loaders["ours"]),
                            "stock": lambda: sum(len(b["pixel_values"]) for b in loaders["stock"])},
-                          cfg.rounds, 1, torch.device("cpu"))
+                          cfg.rounds, 1, cpu)
         loaders.clear()  # their worker processes end here
         ws.samples[f"data workers={workers}"] = times
         records.append(Record("data", f"{cfg.label(device)} workers={workers} {n} images",

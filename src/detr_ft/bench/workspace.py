@@ -80,8 +80,9 @@ class Workspace:
                                   r.image_id, (h, w)))
         return Collator(self.resize.mean, self.resize.std, canvases=[(h, w)])(samples)
 
-    def our_loader(self, workers: int, drop_last: bool) -> DataLoader:
-        """detr-ft's training loader with --pad --pad-canvases auto (engine.DetectionData), shuffled."""
+    def our_data(self, workers: int, drop_last: bool):
+        """detr-ft's training data with --pad --pad-canvases auto (``engine.DetectionData``, shuffled):
+        its ``train_dataloader()`` and ``transfer_batch_to_device``, as training uses them."""
         from detr_ft.data.batching import Collator
         from detr_ft.engine import DetectionData
 
@@ -89,7 +90,7 @@ class Workspace:
         data = DetectionData(self.index, None, self.resize, self.cfg.batch_size, workers, collator,
                              seed=self.cfg.seed, shuffle=True, drop_last=drop_last,
                              pin_memory=torch.cuda.is_available(), orientation_batches=True)
-        return data.train_dataloader()
+        return data
 
     def stock_loader(self, workers: int, drop_last: bool) -> DataLoader:
         """The original's loader, shuffled: processor per sample, square canvas, bucket padding."""
