@@ -215,6 +215,21 @@ def test_gpu_script_fails_clearly_without_cuda(script):
     assert done.stdout == ""
 
 
+def test_flop_rate_script_reports_the_forward_and_a_matrix_product():
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "flop_rate.py"), "--model", "detr-tiny",
+                           "--batch-size", "1", "--size", "64", "96", "--repeats", "1", "--matmul", "256"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["model"] == "detr-tiny" and report["size"] == [64, 96] and report["matmul"]["size"] == 256
+    ops = report["by_op"]
+    assert {"convolution", "addmm"} <= set(ops)  # the backbone's and the transformer's arithmetic
+    assert report["gflop_per_forward"] == pytest.approx(sum(o["gflop"] for o in ops.values()), abs=0.01 * len(ops))
+    assert all(0 < o["share_of_time"] <= 1 and o["gflops"] > 0 for o in ops.values())
+    assert report["forward_s"] > 0 and report["gflops"] > 0 and report["matmul"]["gflops"] > 0
+
+
 def test_collator_hands_over_uint8_and_ready_normalises_exactly(monkeypatch):
     """The collate's canvas holds the uint8 pixels and zero padding, every element written (its
     memory starts as garbage here), blank images included; ``ready()`` gives bit-for-bit
