@@ -40,7 +40,6 @@ def bench_train(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: li
 
 
 def bench_static(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: list[str]) -> list[Record]:
-
     ours_data = ws.our_data(0, drop_last=True)
     ours_loader = ours_data.train_dataloader()
     ours_it = forever(ours_loader)
