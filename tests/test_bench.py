@@ -322,19 +322,13 @@ def test_batch_pickles_whole_before_and_after_ready():
 
 
 @pytest.mark.parametrize("workers, device, threads_inside", [(2, "cpu", 1), (0, "cpu", 2), (2, "cuda", 2)])
-def test_cpu_batches_from_workers_are_normalised_on_one_thread(workers, device, threads_inside, monkeypatch,
-                                                               synthetic_dir):
-    """Training's hand-off (``DetectionData.transfer_batch_to_device``): while loader workers keep
-    the CPU's cores busy, the main process normalises a batch with one intra-op thread, then
-    has its threads back; the batch is the same as ``ready()``'s. Without workers, or for
-    another device, nothing changes."""
-    from detr_ft.data.batching import Batch
-    from detr_ft.data.coco import load_index
-    from detr_ft.data.transforms import ResizeSpec
-    from detr_ft.engine import DetectionData
+def test_cpu_batches_from_workers_are_normalised_on_one_thread(workers, device, threads_inside, monkeypatch):
+    """``ready_from_loader``: while loader workers keep the CPU's cores busy, the main process
+    normalises a batch with one intra-op thread, then has its threads back; the batch is the
+    same as ``ready()``'s. Without workers, or for another device, nothing changes."""
+    from detr_ft.data.batching import Batch, ready_from_loader
 
     collate, samples = _collate_samples()
-    data = DetectionData(load_index(synthetic_dir, "train"), None, ResizeSpec(64, 64), 2, workers, collate)
     seen, plain_ready = [], Batch.ready
 
     def ready(batch, dev, non_blocking=False):  # on the CPU whatever the device asked (none here)
@@ -345,12 +339,41 @@ def test_cpu_batches_from_workers_are_normalised_on_one_thread(workers, device, 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        out = data.transfer_batch_to_device(collate(samples), torch.device(device), 0)
+        out = ready_from_loader(collate(samples), torch.device(device), workers)
         assert seen == [threads_inside] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
     expected = plain_ready(collate(samples), "cpu")
     assert out.norm is None and torch.equal(out.pixel_values, expected.pixel_values)
+
+
+def test_training_and_eval_hand_batches_over_with_their_worker_count(trained_run, synthetic_dir, tmp_path,
+                                                                     monkeypatch):
+    """Training's hook (``DetectionData.transfer_batch_to_device``) and ``detr-ft eval`` (here with a
+    loader worker, the same metrics as without) both go through ``ready_from_loader``."""
+    from detr_ft import engine, evaluate
+    from detr_ft.data.batching import ready_from_loader
+    from detr_ft.data.coco import load_index
+    from detr_ft.data.transforms import ResizeSpec
+
+    calls = []
+
+    def spy(batch, device, num_workers):
+        calls.append((device.type, num_workers))
+        return ready_from_loader(batch, device, num_workers)
+
+    monkeypatch.setattr(engine, "ready_from_loader", spy)
+    monkeypatch.setattr(evaluate, "ready_from_loader", spy)
+    collate, samples = _collate_samples()
+    data = engine.DetectionData(load_index(synthetic_dir, "train"), None, ResizeSpec(64, 64), 2, 3, collate)
+    assert data.transfer_batch_to_device(collate(samples), torch.device("cpu"), 0).norm is None
+    assert calls == [("cpu", 3)]
+    calls.clear()
+    ckpt = str(trained_run / "last.ckpt")
+    with_worker = evaluate.run_eval(ckpt, str(synthetic_dir), tmp_path / "w1", num_workers=1, device="cpu")
+    assert calls and set(calls) == {("cpu", 1)}
+    alone = evaluate.run_eval(ckpt, str(synthetic_dir), tmp_path / "w0", num_workers=0, device="cpu")
+    assert with_worker["map"] == pytest.approx(alone["map"], abs=1e-6) and with_worker["images"] == alone["images"]
 
 
 def test_predict_batches_by_orientation_and_keeps_the_order_given(tmp_path):

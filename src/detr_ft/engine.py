@@ -11,12 +11,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from detr_ft.data.batching import Batch, Collator
+from detr_ft.data.batching import Batch, Collator, ready_from_loader
 from detr_ft.data.coco import Categories, CocoIndex
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.data.sampling import EpochSampler, OrientationBatchSampler
 from detr_ft.data.transforms import ResizeSpec
-from detr_ft.devices import one_cpu_thread
 from detr_ft.metrics import METRIC_NAMES, coco_metrics
 from detr_ft.model.build import ModelBundle, backbone_module
 from detr_ft.model.criterion import SetCriterion
@@ -208,10 +207,7 @@ class DetectionData(L.LightningDataModule):
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int = 0):
         if not isinstance(batch, Batch):
             return super().transfer_batch_to_device(batch, device, dataloader_idx)
-        # Normalised where it arrives. On the CPU while loader workers decode on the same cores,
-        # with one thread: two spent 3x the CPU time, mostly at OpenMP barriers (benchmarks/README.md).
-        with one_cpu_thread(device.type == "cpu" and self.num_workers > 0):
-            return batch.ready(device, non_blocking=device.type == "cuda")  # pinned on CUDA: no block
+        return ready_from_loader(batch, device, self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         drop_last = self.drop_last and len(self.train_set) >= self.batch_size

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
+from detr_ft.data.batching import ready_from_loader
 from detr_ft.data.hf_dataset import read_split
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.detector import Detector
@@ -29,7 +30,8 @@ def run_eval(ckpt_path: str, data_dir: str, out_dir: Path, split: str = "test", 
                         collate_fn=detector.collator)
     results: list[dict] = []
     for batch in loader:
-        for dets, image_id in zip(detector.detect_batch(batch.ready(detector.device)), batch.image_ids.tolist()):
+        batch = ready_from_loader(batch, detector.device, num_workers)
+        for dets, image_id in zip(detector.detect_batch(batch), batch.image_ids.tolist()):
             results += to_coco_results(dets, image_id)[:MAX_DETECTIONS]
     metrics = coco_metrics(ground_truth(index.records, detector.categories), results, detector.categories)
     out_dir = Path(out_dir)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch.utils.data import get_worker_info
 
+from detr_ft.devices import one_cpu_thread
+
 # A padded object slot holds this box: finite and non-degenerate, so that any
 # cost or loss computed on it stays finite (it is masked out afterwards anyway).
 PAD_BOX = (0.5, 0.5, 1.0, 1.0)
@@ -82,6 +84,15 @@ class Batch:
             {"class_labels": self.labels[i][self.valid[i]], "boxes": self.boxes[i][self.valid[i]]}
             for i in range(len(self))
         ]
+
+
+def ready_from_loader(batch: Batch, device: torch.device, num_workers: int) -> Batch:
+    """``batch.ready(device)`` for a batch from a DataLoader with ``num_workers`` workers. On the
+    CPU while workers decode on the same cores, one thread normalises: two spent 3x the CPU
+    time, mostly at OpenMP barriers waiting for a thread a worker had descheduled
+    (benchmarks/README.md). On CUDA the copy does not block (the loader pins its batches)."""
+    with one_cpu_thread(device.type == "cpu" and num_workers > 0):
+        return batch.ready(device, non_blocking=device.type == "cuda")
 
 
 # Tensors up to this size leave a loader worker by value (pickled bytes), larger ones through
