@@ -349,9 +349,10 @@ def test_cpu_batches_from_workers_are_normalised_on_one_thread(workers, device, 
 
 def test_training_and_eval_hand_batches_over_with_their_worker_count(trained_run, synthetic_dir, tmp_path,
                                                                      monkeypatch):
-    """Training's hook (``DetectionData.transfer_batch_to_device``) and ``detr-ft eval`` (here with a
-    loader worker, the same metrics as without) both go through ``ready_from_loader``."""
+    """Training's hook (``DetectionData.transfer_batch_to_device``) and ``detr-ft eval`` (here
+    ``--num-workers 1``: the same metrics as without) both go through ``ready_from_loader``."""
     from detr_ft import engine, evaluate
+    from detr_ft.cli import main
     from detr_ft.data.batching import ready_from_loader
     from detr_ft.data.coco import load_index
     from detr_ft.data.transforms import ResizeSpec
@@ -369,11 +370,16 @@ def test_training_and_eval_hand_batches_over_with_their_worker_count(trained_run
     assert data.transfer_batch_to_device(collate(samples), torch.device("cpu"), 0).norm is None
     assert calls == [("cpu", 3)]
     calls.clear()
-    ckpt = str(trained_run / "last.ckpt")
-    with_worker = evaluate.run_eval(ckpt, str(synthetic_dir), tmp_path / "w1", num_workers=1, device="cpu")
-    assert calls and set(calls) == {("cpu", 1)}
-    alone = evaluate.run_eval(ckpt, str(synthetic_dir), tmp_path / "w0", num_workers=0, device="cpu")
-    assert with_worker["map"] == pytest.approx(alone["map"], abs=1e-6) and with_worker["images"] == alone["images"]
+    metrics = {}
+    for workers in (1, 0):
+        out = tmp_path / f"workers-{workers}"
+        assert main(["eval", "--ckpt-path", str(trained_run / "last.ckpt"), "--data-dir", str(synthetic_dir),
+                     "--device", "cpu", "--num-workers", str(workers), "--output-dir", str(out)]) == 0
+        metrics[workers] = json.loads((out / "metrics.json").read_text())
+        assert calls and set(calls) == {("cpu", workers)}
+        calls.clear()
+    assert metrics[1]["map"] == pytest.approx(metrics[0]["map"], abs=1e-6)
+    assert metrics[1]["images"] == metrics[0]["images"] > 0
 
 
 def test_predict_batches_by_orientation_and_keeps_the_order_given(tmp_path):

@@ -239,6 +239,7 @@ BAD_FLAGS = [
     (["eval", "--ckpt-path", "{file}", "--data-dir", "{data}"], "truncated or corrupt"),
     (["eval", "--ckpt-path", "{ckpt}", "--data-dir", "{data}", "--split", "nosuch"], "nosuch.json"),
     (["eval", "--ckpt-path", "{ckpt}", "--data-dir", "{data}", "--batch-size", "0"], "--batch-size"),
+    (["eval", "--ckpt-path", "{ckpt}", "--data-dir", "{data}", "--num-workers", "-1"], "--num-workers"),
     (["eval", "--ckpt-path", "{ckpt}", "--data-dir", "{data}", "--device", "mps"], "--device mps"),
     (["predict", "--ckpt-path", "{ckpt}", "--images", "{data}/images", "--device", "hpu"], "--device hpu needs"),
     (["train", "--device", "hpu"], "--device hpu needs lightning-habana"),

@@ -158,6 +158,7 @@ def build_parser() -> Parser:
     ev.add_argument("--hf-dataset", metavar="NAME_OR_PATH", help="a 🤗 datasets dataset instead of --data-dir")
     ev.add_argument("--split", default="test")
     ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--num-workers", type=int, default=0, help="data-loading processes (default 0: none)")
     ev.add_argument("--device", choices=DEVICES, default="auto")
     ev.add_argument("--on-bad-data", choices=["error", "skip"], default="error")
     add_channels_last(ev)
@@ -373,9 +374,11 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         if args.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
-        run_eval(args.ckpt_path, args.data_dir, out, args.split, args.batch_size, device=args.device,
-                 on_bad_data=args.on_bad_data, hf_dataset=args.hf_dataset, channels_last=args.channels_last,
-                 autocast=args.autocast)
+        if args.num_workers < 0:
+            raise UserError(f"--num-workers must be 0 or more (got {args.num_workers})")
+        run_eval(args.ckpt_path, args.data_dir, out, args.split, args.batch_size, args.num_workers,
+                 device=args.device, on_bad_data=args.on_bad_data, hf_dataset=args.hf_dataset,
+                 channels_last=args.channels_last, autocast=args.autocast)
         print(f"\nmetrics: {out / 'metrics.json'}\ndetections: {out / 'detections.json'}")
         return 0
     if args.command == "predict":

@@ -27,7 +27,7 @@ def run_eval(ckpt_path: str, data_dir: str, out_dir: Path, split: str = "test", 
     say_if_slow_bf16(detector.device, autocast)
     index = read_split(data_dir, split, on_bad_data, categories=detector.categories, hf_dataset=hf_dataset)
     loader = DataLoader(DetectionDataset(index, detector.resize), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=detector.collator)
+                        collate_fn=detector.collator, pin_memory=detector.device.type == "cuda")
     results: list[dict] = []
     for batch in loader:
         batch = ready_from_loader(batch, detector.device, num_workers)
