@@ -30,8 +30,8 @@ def run_eval(ckpt_path: str, data_dir: str, out_dir: Path, split: str = "test", 
                         collate_fn=detector.collator, pin_memory=detector.device.type == "cuda")
     results: list[dict] = []
     for batch in loader:
-        batch = ready_from_loader(batch, detector.device, num_workers)
-        for dets, image_id in zip(detector.detect_batch(batch), batch.image_ids.tolist()):
+        on_device = ready_from_loader(batch, detector.device, num_workers)
+        for dets, image_id in zip(detector.detect_batch(on_device), batch.image_ids.tolist()):
             results += to_coco_results(dets, image_id)[:MAX_DETECTIONS]
     metrics = coco_metrics(ground_truth(index.records, detector.categories), results, detector.categories)
     out_dir = Path(out_dir)
