@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from detr_ft.bench.measure import timed
 from detr_ft.devices import machine_facts
 from detr_ft.model.criterion import SetCriterion
 from detr_ft.model.matcher import HungarianMatcher
@@ -64,21 +64,13 @@ def main() -> None:
         aux = [(logits[i], boxes[i]) for i in range(L - 1)]
         criterion(logits[-1], boxes[-1], labels, target_boxes, valid, aux)["loss"].backward()
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     x = inputs()
     with CountOps() as ops:
         step(*x)
     times = []
-    for _ in range(args.rounds):
+    for _ in range(args.rounds):  # fresh inputs each round, made outside the timing
         x = inputs()
-        sync()
-        start = time.perf_counter()
-        step(*x)
-        sync()
-        times.append(time.perf_counter() - start)
+        times.append(timed(lambda: step(*x), device))
     print(json.dumps({
         "machine": machine_facts(), "device": str(device), "shapes": {"layers": L, "batch": B, "queries": Q,
                                                                       "classes": C, "slots": T},

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from detr_ft.bench.measure import alternate, best, timed
 from detr_ft.bench.models import bench_model
 from detr_ft.devices import machine_facts
 from detr_ft.model.outputs import detection_outputs
@@ -27,13 +27,8 @@ from detr_ft.model.speed import channels_last_where_it_helps, fold_batch_norms
 
 
 def fastest(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    """Seconds of the fastest of ``repeats`` timed calls after one untimed (bench's own timing)."""
+    return best(alternate({"fn": fn}, repeats, 1, torch.device("cpu"))["fn"])
 
 
 def main() -> None:
@@ -61,10 +56,7 @@ def main() -> None:
     flops = {str(op).removeprefix("aten."): n for op, n in counter.get_flop_counts()["Global"].items()}
     seconds = fastest(forward, args.repeats)
     with profile(activities=[ProfilerActivity.CPU]) as prof:  # time per op kind, per forward
-        start = time.perf_counter()
-        for _ in range(args.repeats):
-            forward()
-        profiled = (time.perf_counter() - start) / args.repeats
+        profiled = timed(lambda: [forward() for _ in range(args.repeats)], torch.device("cpu")) / args.repeats
     # each counted op's time with what it calls (aten::convolution runs oneDNN's kernel under it)
     op_seconds = {e.key.removeprefix("aten::"): e.cpu_time_total / 1e6 / args.repeats for e in prof.key_averages()}
 

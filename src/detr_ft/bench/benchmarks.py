@@ -51,7 +51,7 @@ def bench_static(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: l
         group = [i for i, r in enumerate(ws.index.records) if (r.height > r.width) == portrait]
         if len(group) >= cfg.batch_size:
             samples = [ours_loader.dataset[i] for i in group[: cfg.batch_size]]
-            sides.our_step(opt["ours"], ours_loader.collate_fn(samples).ready(device))
+            sides.our_step(opt["ours"], ours_data.transfer_batch_to_device(ours_loader.collate_fn(samples), device))
 
     def ours():
         sides.our_step(opt["ours"], ours_data.transfer_batch_to_device(next(ours_it), device))
