@@ -109,6 +109,31 @@ def test_predict_on_a_split_draws_ground_truth_beside_prediction(trained_run, sy
     assert Image.open(drawn[0]).width > 2 * first.width  # two panels side by side
 
 
+def test_eval_and_predict_batch_like_shapes_and_report_in_the_datasets_order(trained_run, synthetic_dir, tmp_path,
+                                                                             monkeypatch):
+    """Batches never hold a landscape and a portrait image (they would pad each other to a square);
+    detections.json and the annotated files still follow the dataset's order."""
+    batches = []
+    detect_batch = Detector.detect_batch
+
+    def spy(self, batch, threshold=0.0):
+        batches.append([h > w for h, w in batch.orig_sizes.tolist()])
+        return detect_batch(self, batch, threshold)
+
+    monkeypatch.setattr(Detector, "detect_batch", spy)
+    order = [r.image_id for r in load_index(synthetic_dir, "test").records]
+    ckpt, data = str(trained_run / "last.ckpt"), str(synthetic_dir)
+    assert main(["eval", "--ckpt-path", ckpt, "--data-dir", data, "--batch-size", "3", "--device", "cpu",
+                 "--output-dir", str(tmp_path / "eval")]) == 0
+    assert main(["predict", "--ckpt-path", ckpt, "--data-dir", data, "--batch-size", "3", "--threshold", "0",
+                 "--device", "cpu", "--output-dir", str(tmp_path / "predict")]) == 0
+    assert len(batches) == 2 * 3 and {False, True} <= {p for b in batches for p in b}  # 8 images, both kinds
+    assert all(len(set(b)) == 1 for b in batches), batches
+    for run in ("eval", "predict"):
+        ids = [d["image_id"] for d in json.loads((tmp_path / run / "detections.json").read_text())]
+        assert ids == sorted(ids, key=order.index) and set(ids) == set(order), run
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["train", "--data-dir", "/nonexistent/data", "--model", "detr-tiny"], "/nonexistent/data"),
     (["train", "--batch-size", "0"], "--batch-size"),

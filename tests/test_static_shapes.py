@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from detr_ft.cli import main
-from detr_ft.data.batching import Collator, bucket_size, compute_buckets, padded_pixel_fraction
+from detr_ft.data.batching import (Collator, batch_padding_fraction, bucket_size, compute_buckets,
+                                  padded_pixel_fraction)
 from detr_ft.data.coco import load_index
 from detr_ft.data.dataset import DetectionDataset
-from detr_ft.data.sampling import EpochSampler, OrientationBatchSampler, _shard
+from detr_ft.data.sampling import EpochSampler, ShapeBatchSampler, _shard, batches_by_shape
 from detr_ft.data.transforms import ResizeSpec
 from detr_ft.engine import DetrModule, OptimConfig
-from detr_ft.model.build import build_model
+from detr_ft.model.build import PRESETS, build_model
 
 RESIZE = ResizeSpec(96, 144)
 
@@ -74,18 +75,37 @@ def test_auto_canvases_pad_fewer_pixels_than_the_square(synthetic_dir):
     assert 0 <= auto < square
 
 
-def test_orientation_batches_cover_everything_once_and_never_mix():
-    portrait = [bool(i % 3 == 0) for i in range(23)]
-    sampler = OrientationBatchSampler(portrait, batch_size=4, shuffle=True, seed=1)
+def test_shape_batches_cover_everything_once_and_never_mix_orientations():
+    aspects = [1.5 if i % 3 == 0 else 0.75 + i / 100 for i in range(23)]  # every third image portrait
+    sampler = ShapeBatchSampler(aspects, batch_size=4, shuffle=True, seed=1)
     sampler.set_epoch(2)
     batches = list(sampler)
     seen = [i for b in batches for i, epoch in b]
     assert sorted(seen) == list(range(23)) and all(e == 2 for b in batches for _, e in b)
-    assert all(len({portrait[i] for i, _ in b}) == 1 for b in batches)
+    assert all(len({aspects[i] > 1 for i, _ in b}) == 1 for b in batches)
     sampler.set_epoch(3)
     assert [i for b in sampler for i, _ in b] != seen  # a new order every epoch
-    dropped = OrientationBatchSampler(portrait, batch_size=4, shuffle=False, drop_last=True)
+    dropped = ShapeBatchSampler(aspects, batch_size=4, shuffle=False, drop_last=True)
     assert all(len(b) == 4 for b in dropped)
+    # not shuffled (validation): sorted by aspect ratio, the same every epoch, orientations apart
+    fixed = ShapeBatchSampler(aspects, batch_size=4, shuffle=False)
+    order = [i for b in fixed for i, _ in b]
+    assert order == sorted(range(23), key=aspects.__getitem__)
+    assert all(len({aspects[i] > 1 for i, _ in b}) == 1 for b in fixed)
+    assert batches_by_shape(aspects, 4) == [[i for i, _ in b] for b in fixed]
+    # merge_short: 9 landscape and 7 portrait images leave short batches of 1 and 3, which make one
+    # mixed batch: the epoch has 16 / 4 batches, as without grouping
+    nine_seven = [0.5] * 9 + [2.0] * 7
+    merged = list(ShapeBatchSampler(nine_seven, batch_size=4, shuffle=True, merge_short=True))
+    assert [len(b) for b in merged] == [4] * 4 and sorted(i for b in merged for i, _ in b) == list(range(16))
+    assert sum(len({nine_seven[i] > 1 for i, _ in b}) == 2 for b in merged) == 1
+    assert sorted(map(len, ShapeBatchSampler(nine_seven, 4, shuffle=True))) == [1, 3, 4, 4, 4]  # not merged
+
+
+def test_batch_padding_fraction_counts_the_pixels_each_batch_pads():
+    sizes = [(10, 20), (20, 10), (10, 10)]
+    assert batch_padding_fraction(sizes, [[0], [1], [2]]) == 0.0
+    assert batch_padding_fraction(sizes, [[0, 1], [2]]) == pytest.approx(1 - 500 / 900)  # two 20x20 + 10x10
 
 
 def test_sharding_splits_one_global_order_evenly():
@@ -123,6 +143,19 @@ def test_pad_canvases_auto_reports_the_saving(synthetic_dir, tmp_path):
                         "--num-buckets", "1", "--train-only")
     assert summary["canvases"] == [[128, 192], [192, 128]]
     assert summary["padded_pixel_fraction"] < summary["padded_pixel_fraction_square"]
+
+
+def test_no_pad_batches_images_of_like_shape(synthetic_dir, tmp_path, capsys):
+    summary = run_train(synthetic_dir, tmp_path, "--max-steps", "2", "--no-pad", "--num-buckets", "0",
+                        "--train-only", "--seed", "4")
+    records = load_index(synthetic_dir, "train").records
+    resize = PRESETS["detr-tiny"][1]
+    sizes = [resize.output_size(r.height, r.width) for r in records]
+    mixed = [[i for i, _ in b] for b in torch.utils.data.BatchSampler(EpochSampler(len(sizes), True, 4), 4, False)]
+    # the first epoch's batches pad under half the pixels that batches in plain shuffled order would
+    # (here 14 % vs 40 %)
+    assert 0 <= summary["padded_pixel_fraction"] < batch_padding_fraction(sizes, mixed) / 2
+    assert f"padded pixels: {summary['padded_pixel_fraction']:.1%}" in capsys.readouterr().out
 
 
 def test_deterministic_runs_are_bit_identical(synthetic_dir, tmp_path):

@@ -24,6 +24,7 @@ from PIL import Image
 from detr_ft.data.batching import Batch, Collator
 from detr_ft.data.coco import Categories
 from detr_ft.data.dataset import Sample
+from detr_ft.data.sampling import batches_by_shape
 from detr_ft.data.transforms import ResizeSpec, displayed_size, load_image, resized_tensor, to_rgb
 from detr_ft.devices import bf16_autocast, inference_device
 from detr_ft.errors import UserError
@@ -114,12 +115,10 @@ class Detector:
             raise UserError(f"batch_size must be at least 1 (got {batch_size})")
         single = not isinstance(images, (list, tuple))
         images = [images] if single else list(images)
-        # Batches of similar shape (a landscape and a portrait image would pad each other to a
+        # Batches of like shape (a landscape and a portrait image would pad each other to a
         # square); the results go back in the order given.
-        order = sorted(range(len(images)), key=lambda i: aspect_ratio(images[i]))
         results: list = [None] * len(images)
-        for start in range(0, len(order), batch_size):
-            ids = order[start:start + batch_size]
+        for ids in batches_by_shape([aspect_ratio(im) for im in images], batch_size):
             chunk = [as_image(images[i]) for i in ids]
             for i, dets in zip(ids, self.detect_samples([self.sample(im) for im in chunk], threshold)):
                 results[i] = [

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from detr_ft.data.batching import Batch, Collator, ready_from_loader
 from detr_ft.data.coco import Categories, CocoIndex
 from detr_ft.data.dataset import DetectionDataset
-from detr_ft.data.sampling import EpochSampler, OrientationBatchSampler
+from detr_ft.data.sampling import EpochSampler, ShapeBatchSampler
 from detr_ft.data.transforms import ResizeSpec
 from detr_ft.metrics import METRIC_NAMES, coco_metrics
 from detr_ft.model.build import ModelBundle, backbone_module
@@ -172,15 +172,15 @@ class DetrModule(L.LightningModule):
 class DetectionData(L.LightningDataModule):
     """Train and validation loaders over COCO indexes, producing ``Batch``es.
 
-    ``orientation_batches``: batches group landscape and portrait images apart
-    (for ``--pad-canvases auto``). Validation batches are filled to full size
+    ``shape_batches``: batches of images of like shape (``ShapeBatchSampler``; for
+    ``--no-pad`` and ``--pad-canvases auto``). Validation batches are filled to full size
     with blank images when the collator is static (``fill_to``).
     """
 
     def __init__(self, train_index: CocoIndex, val_index: CocoIndex | None, resize: ResizeSpec,
                  batch_size: int, num_workers: int, collator: Collator, val_collator: Collator | None = None,
                  seed: int = 0, shuffle: bool = True, drop_last: bool = False, pin_memory: bool = False,
-                 hflip: float = 0.5, orientation_batches: bool = False):
+                 hflip: float = 0.5, shape_batches: bool = False):
         super().__init__()
         self.train_set = DetectionDataset(train_index, resize, train=True, seed=seed, hflip=hflip)
         self.val_set = DetectionDataset(val_index, resize, train=False) if val_index is not None else None
@@ -192,14 +192,16 @@ class DetectionData(L.LightningDataModule):
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.pin_memory = pin_memory
-        self.orientation_batches = orientation_batches
+        self.shape_batches = shape_batches
 
     def _loader(self, dataset, collator, shuffle: bool, drop_last: bool) -> DataLoader:
         common = dict(num_workers=self.num_workers, collate_fn=collator, pin_memory=self.pin_memory,
                       persistent_workers=self.num_workers > 0)
-        if self.orientation_batches:
-            portrait = [r.height > r.width for r in dataset.index.records]
-            sampler = OrientationBatchSampler(portrait, self.batch_size, shuffle, self.seed, drop_last)
+        if self.shape_batches:
+            aspects = [r.height / r.width for r in dataset.index.records]
+            # in training without canvases, the orientations' short last batches as one where they fit
+            merge_short = dataset.train and collator.canvases is None
+            sampler = ShapeBatchSampler(aspects, self.batch_size, shuffle, self.seed, drop_last, merge_short)
             return DataLoader(dataset, batch_sampler=sampler, **common)
         sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=self.seed)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last, **common)

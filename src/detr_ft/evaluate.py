@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from detr_ft.data.batching import ready_from_loader
 from detr_ft.data.hf_dataset import read_split
 from detr_ft.data.dataset import DetectionDataset
+from detr_ft.data.sampling import ShapeBatchSampler
 from detr_ft.detector import Detector
 from detr_ft.devices import say_if_slow_bf16
 from detr_ft.metrics import coco_metrics, format_table, ground_truth
@@ -26,13 +27,16 @@ def run_eval(ckpt_path: str, data_dir: str, out_dir: Path, split: str = "test", 
     detector = Detector.load(ckpt_path, device=device, channels_last=channels_last, autocast=autocast)
     say_if_slow_bf16(detector.device, autocast)
     index = read_split(data_dir, split, on_bad_data, categories=detector.categories, hf_dataset=hf_dataset)
-    loader = DataLoader(DetectionDataset(index, detector.resize), batch_size=batch_size, num_workers=num_workers,
+    # batches of like shape (sorted by aspect ratio): each pads its images to little more than their size
+    batches = ShapeBatchSampler([r.height / r.width for r in index.records], batch_size, shuffle=False)
+    loader = DataLoader(DetectionDataset(index, detector.resize), batch_sampler=batches, num_workers=num_workers,
                         collate_fn=detector.collator, pin_memory=detector.device.type == "cuda")
-    results: list[dict] = []
+    found: dict[int, list[dict]] = {}
     for batch in loader:
         on_device = ready_from_loader(batch, detector.device, num_workers)
         for dets, image_id in zip(detector.detect_batch(on_device), batch.image_ids.tolist()):
-            results += to_coco_results(dets, image_id)[:MAX_DETECTIONS]
+            found[image_id] = to_coco_results(dets, image_id)[:MAX_DETECTIONS]
+    results = [d for r in index.records for d in found[r.image_id]]  # in the dataset's order
     metrics = coco_metrics(ground_truth(index.records, detector.categories), results, detector.categories)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

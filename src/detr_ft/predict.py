@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from detr_ft.data.hf_dataset import read_split
+from detr_ft.data.sampling import batches_by_shape
 from detr_ft.data.transforms import load_image
-from detr_ft.detector import Detector
+from detr_ft.detector import Detector, aspect_ratio
 from detr_ft.devices import say_if_slow_bf16
 from detr_ft.draw import draw_boxes, side_by_side
 from detr_ft.errors import UserError
@@ -58,35 +59,35 @@ def run_predict(ckpt_path: str, out_dir: Path, images: list[str] | None = None, 
         detector.model = accelerate_inference(detector.model, detector.device, cuda_graphs)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    # (path, image_id, ground truth (boxes xyxy, labels) or None, image loader)
+    # (path, image_id, ground truth (boxes xyxy, labels) or None, image loader, height / width)
     items: list[tuple] = []
     if images:
-        items = [(p, i + 1, None, partial(load_image, p)) for i, p in enumerate(collect_images(images))]
+        items = [(p, i + 1, None, partial(load_image, p), aspect_ratio(p))
+                 for i, p in enumerate(collect_images(images))]
     else:
         index = read_split(data_dir, split, categories=detector.categories, hf_dataset=hf_dataset)
         for r in index.records:
             xyxy = np.concatenate([r.boxes[:, :2], r.boxes[:, :2] + r.boxes[:, 2:]], axis=1)
-            items.append((index.image_path(r), r.image_id, (xyxy, r.labels), partial(index.load_image, r)))
+            items.append((index.image_path(r), r.image_id, (xyxy, r.labels), partial(index.load_image, r),
+                          r.height / r.width))
     if max_inf_frames:
         items = items[:max_inf_frames]
-    results, written = [], []
     names = detector.categories.names
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        pil = [load() for *_, load in chunk]
-        dets = detector.detect_samples([detector.sample(im, item[1]) for im, item in zip(pil, chunk)], threshold)
-        for im, (path, image_id, gt, _), d in zip(pil, chunk, dets):
-            records = to_coco_results(d, image_id)
-            for r in records:
-                r["file_name"] = str(path)
-            results += records
+    found, written = [None] * len(items), [None] * len(items)
+    for ids in batches_by_shape([item[-1] for item in items], batch_size):  # the order given kept below
+        pil = [items[i][3]() for i in ids]
+        dets = detector.detect_samples([detector.sample(im, items[i][1]) for im, i in zip(pil, ids)], threshold)
+        for im, i, d in zip(pil, ids, dets):
+            path, image_id, gt, *_ = items[i]
+            found[i] = [{**r, "file_name": str(path)} for r in to_coco_results(d, image_id)]
             pred = draw_boxes(im, d.boxes.tolist(), d.labels.tolist(), names, d.scores.tolist())
             if gt is not None:
                 titles = (f"ground truth: {len(gt[1])}", f"prediction: {len(d.scores)} with score > {threshold:g}")
                 pred = side_by_side(draw_boxes(im, gt[0].tolist(), gt[1].tolist(), names), pred, titles)
             target = out_dir / "images" / f"{image_id:06d}_{path.stem}.jpg"
             pred.save(target, quality=90)
-            written.append(str(target))
+            written[i] = str(target)
+    results = [r for records in found for r in records]
     (out_dir / "detections.json").write_text(json.dumps(results, indent=1))
     return {"images": len(items), "detections": len(results), "annotated": str(out_dir / "images"),
             "detections_json": str(out_dir / "detections.json"), "files": written}

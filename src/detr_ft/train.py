@@ -14,7 +14,7 @@ import yaml
 
 from detr_ft.checkpoint import AtomicCheckpointIO, load_checkpoint, model_from_checkpoint
 from detr_ft.config import TrainConfig
-from detr_ft.data.batching import Collator, compute_buckets, padded_pixel_fraction
+from detr_ft.data.batching import Collator, batch_padding_fraction, compute_buckets, padded_pixel_fraction
 from detr_ft.data.hf_dataset import read_split
 from detr_ft.engine import DetectionData, DetrModule, NonFiniteLossError, OptimConfig, Throughput
 from detr_ft.devices import device_type, say_if_slow_bf16, trainer_device
@@ -119,9 +119,6 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
     if canvases and any(h > max(c[0] for c in canvases) or w > max(c[1] for c in canvases) for h, w in resized):
         raise UserError(f"--pad-size {cfg.pad_size}: smaller than the resized images (up to "
                         f"{bundle.resize.longest} px); use a larger canvas or drop --pad-size")
-    pad_fraction = padded_pixel_fraction(resized, canvases) if canvases else None
-    if canvases:
-        print(f"canvases: {canvases}; padded pixels: {pad_fraction:.1%}")
     collator = Collator(bundle.resize.mean, bundle.resize.std, canvases=canvases, buckets=buckets)
     val_collator = Collator(bundle.resize.mean, bundle.resize.std, canvases=canvases, buckets=buckets,
                             fill_to=cfg.batch_size if cfg.pad else None)
@@ -133,7 +130,14 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
     data = DetectionData(train_index, val_index, bundle.resize, cfg.batch_size,
                          0 if cfg.deterministic else cfg.num_workers, collator, val_collator, seed=cfg.seed,
                          shuffle=True, drop_last=cfg.pad, pin_memory=torch.cuda.is_available(), hflip=cfg.hflip,
-                         orientation_batches=bool(canvases) and len(canvases) > 1)
+                         shape_batches=not canvases or len(canvases) > 1)  # not when one canvas fits all
+    if canvases:
+        pad_fraction = padded_pixel_fraction(resized, canvases)
+        print(f"canvases: {canvases}; padded pixels: {pad_fraction:.1%}")
+    else:  # each batch padded to its largest image: the batches of the first epoch tell
+        first_epoch = [[i for i, _ in batch] for batch in data.train_dataloader().batch_sampler]
+        pad_fraction = batch_padding_fraction(resized, first_epoch)
+        print(f"batches of like shape, padded to their largest image; padded pixels: {pad_fraction:.1%}")
     module = DetrModule(bundle, categories,
                         OptimConfig(cfg.lr, cfg.lr_backbone, cfg.weight_decay, cfg.lr_schedule, cfg.warmup_steps),
                         val_ground_truth=ground_truth(val_index.records, categories) if val_index else None,
@@ -196,7 +200,7 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
         "wall_seconds": round(time.perf_counter() - started, 1),
         "buckets": buckets,
         "canvases": canvases,
-        "padded_pixel_fraction": None if pad_fraction is None else round(pad_fraction, 4),
+        "padded_pixel_fraction": round(pad_fraction, 4),
         "padded_pixel_fraction_square": round(padded_pixel_fraction(resized, [bundle.resize.max_canvas]), 4)
         if canvases else None,
         "recompiles": compilations(module.model.model) if cfg.compile else None,

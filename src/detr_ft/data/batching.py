@@ -230,3 +230,14 @@ def padded_pixel_fraction(sizes: list[tuple[int, int]], canvases: list[tuple[int
         real += h * w
         total += ch * cw
     return 1.0 - real / total if total else 0.0
+
+
+def batch_padding_fraction(sizes: list[tuple[int, int]], batches: list[list[int]]) -> float:
+    """Share of pixels that are padding when each batch (indices into ``sizes``, the resized
+    (height, width) of the images) is padded to its largest height and width (no canvas)."""
+    real = total = 0
+    for batch in batches:
+        h, w = max(sizes[i][0] for i in batch), max(sizes[i][1] for i in batch)
+        real += sum(sizes[i][0] * sizes[i][1] for i in batch)
+        total += len(batch) * h * w
+    return 1.0 - real / total if total else 0.0

@@ -1,4 +1,4 @@
-"""Samplers: per-epoch order, orientation-grouped batches, and sharding across processes.
+"""Samplers: per-epoch order, batches of like shape, and sharding across processes.
 
 Each item is ``(index, epoch)``: the dataset seeds its random flip from
 (seed, epoch, index), so augmentation is reproducible whatever the number of
@@ -60,35 +60,64 @@ class EpochSampler(Sampler):
         return iter([(i, self.epoch) for i in order])
 
 
-class OrientationBatchSampler(Sampler):
-    """Batches whose images share an orientation, for ``--pad-canvases auto``.
+def orientation_batches(order: list[int], aspects: list[float], batch_size: int, drop_last: bool = False,
+                        merge_short: bool = False) -> list[list[int]]:
+    """The indices in ``order`` cut into batches of ``batch_size``: landscape images (height <=
+    width) first, then portrait ones, each group in the order given; no batch holds both, but
+    with ``merge_short`` the two groups' short last batches become one where they fit one (as
+    many batches as without grouping, and no two-image batch weighing its images double)."""
+    batches = []
+    for portrait in (False, True):
+        group = [i for i in order if (aspects[i] > 1) == portrait]
+        for start in range(0, len(group), batch_size):
+            chunk = group[start:start + batch_size]
+            if len(chunk) == batch_size or not drop_last:
+                batches.append(chunk)
+    short = [k for k, b in enumerate(batches) if len(b) < batch_size]
+    if merge_short and len(short) == 2 and sum(len(batches[k]) for k in short) <= batch_size:
+        batches[short[0]] = batches[short[0]] + batches.pop(short[1])
+    return batches
 
-    ``portrait[i]`` says whether image i is taller than wide (from the JSON
-    sizes; no image decoded). Each epoch: shuffle within each orientation,
-    cut into batches, shuffle the batches, shard them by rank.
+
+def batches_by_shape(aspects: list[float], batch_size: int, drop_last: bool = False) -> list[list[int]]:
+    """Batches for inference: the images sorted by aspect ratio (height / width), so that each
+    batch pads its images to little more than their own size; no batch mixes orientations."""
+    return orientation_batches(sorted(range(len(aspects)), key=aspects.__getitem__), aspects, batch_size,
+                               drop_last)
+
+
+class ShapeBatchSampler(Sampler):
+    """Batches of images of like shape, for padding to the batch's largest image (``--no-pad``)
+    or to the canvas of its orientation (``--pad-canvases auto``).
+
+    ``aspects[i]`` is image i's height / width (from the JSON sizes; no image decoded). A full
+    batch never mixes a landscape and a portrait image, which would pad each other to a square: on
+    the synthetic set at batch 8, 46 % of the pixels of random batches are padding, 19 % of
+    these. Shuffled (training), each epoch: shuffle within each orientation, cut into
+    batches, shuffle the batches; ``merge_short``: the orientations' short last batches
+    merged where they fit one (``orientation_batches``). Not shuffled (validation): sorted
+    by aspect ratio (``batches_by_shape``), the least padding. Batches are sharded by rank.
     """
 
-    def __init__(self, portrait: list[bool], batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False):
-        self.portrait = list(portrait)
+    def __init__(self, aspects: list[float], batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False,
+                 merge_short: bool = False):
+        self.aspects = list(aspects)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
+        self.merge_short = merge_short
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _batches(self) -> list[list[int]]:
-        order = _order(len(self.portrait), self.shuffle, self.seed, self.epoch)
-        batches = []
-        for want in (False, True):
-            group = [i for i in order if self.portrait[i] == want]
-            for start in range(0, len(group), self.batch_size):
-                chunk = group[start:start + self.batch_size]
-                if len(chunk) == self.batch_size or not self.drop_last:
-                    batches.append(chunk)
-        perm = _order(len(batches), self.shuffle, self.seed + 1, self.epoch)
+        if not self.shuffle:
+            return batches_by_shape(self.aspects, self.batch_size, self.drop_last)
+        order = _order(len(self.aspects), True, self.seed, self.epoch)
+        batches = orientation_batches(order, self.aspects, self.batch_size, self.drop_last, self.merge_short)
+        perm = _order(len(batches), True, self.seed + 1, self.epoch)
         return [batches[k] for k in perm]
 
     def __len__(self) -> int:
