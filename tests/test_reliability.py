@@ -367,7 +367,7 @@ def test_checkpoint_that_would_run_code_is_refused(command, evil_ckpt, synthetic
 
 def test_lightning_resume_path_loads_with_weights_only(trained_run, torch_load_weights_only):
     """trainer.fit(ckpt_path=...) reads through AtomicCheckpointIO -> load_checkpoint (weights_only=True)."""
-    from detr_ft.checkpoint import AtomicCheckpointIO
+    from detr_ft.resume import AtomicCheckpointIO
 
     ckpt = AtomicCheckpointIO().load_checkpoint(trained_run / "last.ckpt", weights_only=False)
     assert "state_dict" in ckpt and "optimizer_states" in ckpt and torch_load_weights_only == [True]

@@ -2,7 +2,9 @@
 
 A detr-ft checkpoint is a Lightning checkpoint with one extra entry,
 ``"detr_ft"``: the model config, the resize rule and the categories, so a
-model can be rebuilt offline from the file alone.
+model can be rebuilt offline from the file alone. Reading one needs torch, not
+Lightning, whose import takes seconds (``predict``, ``eval`` and ``export`` do
+without it); training writes them through ``resume.AtomicCheckpointIO``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from detr_ft.data.coco import Categories
 from detr_ft.data.transforms import ResizeSpec
@@ -37,27 +38,6 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO: atomic writes, ``weights_only`` reads.
-
-    ``already_read=(path, checkpoint)``: a checkpoint the caller has read and checked
-    (``--resume``); Lightning's restore gets it without reading the file again.
-    """
-
-    def __init__(self, already_read: tuple[Path, dict] | None = None):
-        super().__init__()
-        self._already_read = already_read
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        atomic_torch_save(checkpoint, Path(path))
-
-    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
-        if self._already_read is not None and Path(path) == Path(self._already_read[0]):
-            checkpoint, self._already_read = self._already_read[1], None  # handed over once, then let go
-            return checkpoint
-        return load_checkpoint(Path(path), map_location="cpu")
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:

@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args._argv = argv
-    configure_logging(args.debug)
+    configure_logging(args.debug, args.command)
     try:
         return dispatch(args, parser)
     except UserError as e:
@@ -315,9 +315,11 @@ def main(argv: list[str] | None = None) -> int:
               f"(--debug shows where)", file=sys.stderr)
         return 2
     except Exception as e:
+        if args.debug or "lightning" not in sys.modules:  # Lightning's complaint about settings, below
+            raise
         from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-        if args.debug or not isinstance(e, MisconfigurationException):
+        if not isinstance(e, MisconfigurationException):
             raise
         print(f"detr-ft {args.command}: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
         return 2
@@ -331,19 +333,29 @@ def main(argv: list[str] | None = None) -> int:
 HUB_RETRY_LOGGER = "huggingface_hub.utils._http"
 
 
-def configure_logging(debug: bool) -> None:
+# The commands that run Lightning (bench: its training benchmarks). The others never import it,
+# which takes seconds: `data` needs neither it nor transformers.
+LIGHTNING_COMMANDS = ("train", "demo", "bench")
+
+
+def configure_logging(debug: bool, command: str | None = None) -> None:
+    """Library logs and warnings down to what a user needs, unless ``debug``; for the libraries
+    ``command`` uses (None: all of them)."""
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s")
     logging.getLogger(HUB_RETRY_LOGGER).setLevel(logging.NOTSET if debug else logging.ERROR)
-    if not debug:
+    if debug:
+        return
+    if command is None or command in LIGHTNING_COMMANDS:
         import lightning  # noqa: F401  (its import sets its loggers' levels; quiet them after)
         for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        import warnings
+    import warnings
 
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-        # detr-ft writes config.yaml into the output dir first, and resumes there on purpose
-        warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # detr-ft writes config.yaml into the output dir first, and resumes there on purpose
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+    if command != "data":
         try:
             import transformers
 

@@ -1,5 +1,6 @@
 """What makes a run resumable: the checkpoint to continue from, per-step random
-state, and a ``metrics.csv`` that continues instead of starting over.
+state, a ``metrics.csv`` that continues instead of starting over, and
+checkpoints that a killed run never leaves half-written.
 
 A resumed run must end where the uninterrupted one would have. Lightning's
 ``trainer.fit(ckpt_path=...)`` restores the weights, optimizer, scheduler,
@@ -25,9 +26,11 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from detr_ft.checkpoint import atomic_torch_save, load_checkpoint
 from detr_ft.errors import UserError
 
 log = logging.getLogger("detr_ft")
@@ -56,6 +59,28 @@ def resume_point(path: Path, checkpoint: dict, module: L.LightningModule) -> tup
     if extra:
         raise UserError(f"--resume: {path} was written for another model (it has {extra[0]}); {fix}")
     return int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO: atomic writes, ``weights_only`` reads.
+
+    ``already_read=(path, checkpoint)``: a checkpoint the caller has read and checked
+    (``--resume``); Lightning's restore gets it without reading the file again.
+    """
+
+    def __init__(self, already_read: tuple[Path, dict] | None = None):
+        super().__init__()
+        self._already_read = already_read
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        atomic_torch_save(checkpoint, Path(path))
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        if self._already_read is not None and Path(path) == Path(self._already_read[0]):
+            checkpoint, self._already_read = self._already_read[1], None  # handed over once, then let go
+            return checkpoint
+        return load_checkpoint(Path(path), map_location="cpu")
+
 
 
 def step_seed(seed: int, epoch: int, batch_idx: int, rank: int = 0) -> int:

@@ -12,7 +12,7 @@ import lightning as L
 import torch
 import yaml
 
-from detr_ft.checkpoint import AtomicCheckpointIO, load_checkpoint, model_from_checkpoint
+from detr_ft.checkpoint import load_checkpoint, model_from_checkpoint
 from detr_ft.config import TrainConfig
 from detr_ft.data.batching import Collator, batch_padding_fraction, compute_buckets, padded_pixel_fraction
 from detr_ft.data.hf_dataset import read_split
@@ -23,7 +23,7 @@ from detr_ft.metrics import METRIC_NAMES, ground_truth
 from detr_ft.model.build import ModelBundle, build_model, set_backbone_trainable
 from detr_ft.model.speed import for_training
 from detr_ft.plots import plot_curves
-from detr_ft.resume import ContinuingCSVLogger, StepSeed, remove_stale_temporaries, resume_point
+from detr_ft.resume import AtomicCheckpointIO, ContinuingCSVLogger, StepSeed, remove_stale_temporaries, resume_point
 
 log = logging.getLogger("detr_ft")
 
