@@ -104,6 +104,28 @@ def test_bad_image_files_are_left_out_and_counted_under_skip(mixed_files, monkey
     assert all(r.num_objects == 1 for r in index.records)
 
 
+def test_predict_checks_image_files_before_running_any(mixed_files, trained_run, tmp_path, capsys, caplog):
+    """--images: the files are checked as a dataset's are (a link out of the folder is the user's
+    choice here), before the first image is run; --on-bad-data skip leaves the bad ones out."""
+    argv = ["predict", "--ckpt-path", str(trained_run / "last.ckpt"), "--images", str(mixed_files / "images"),
+            "--device", "cpu", "--threshold", "0"]
+    rc, err = run_cli([*argv, "--output-dir", str(tmp_path / "stop")], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--images: 3 bad image(s)" in err and "--on-bad-data skip" in err
+    for name, why in [("text.png", "not an image"), ("trunc.png", "unreadable or truncated"),
+                      ("trunc.jpg", "truncated JPEG")]:
+        assert f"{name}: {why}" in err, name
+    assert not list((tmp_path / "stop").rglob("*.jpg"))  # stopped before running any image
+    rc, err = run_cli([*argv, "--on-bad-data", "skip", "--output-dir", str(tmp_path / "skip")], capsys)
+    assert rc == 0, err
+    assert "left out 3 bad image(s)" in caplog.text
+    drawn = sorted(p.name.split("_", 1)[1] for p in (tmp_path / "skip" / "images").glob("*.jpg"))
+    assert drawn == ["deep.jpg", "link_in.jpg", "link_out.jpg", "ok.jpg"]
+    dets = json.loads((tmp_path / "skip" / "detections.json").read_text())
+    files = {d["file_name"].split("/images/")[1] for d in dets}
+    assert files == {"ok.png", "sub/deep.jpg", "link_in.png", "link_out.png"}
+
+
 def test_jpeg_completeness_check():
     jpg = image_bytes("JPEG", quality=90)
     assert _jpeg_is_complete(jpg)
@@ -184,7 +206,8 @@ def test_legitimate_variety_passes_the_checks(tmp_path):
 
 def test_dataset_without_any_object_trains_and_reports_skipped_records_of_both_splits(tmp_path):
     """No image has an object (the criterion handles all-empty batches); one bad record per split is
-    skipped under --on-bad-data skip, and metrics.json counts them per split."""
+    skipped under --on-bad-data skip (by the sample predictions of the test split too), and
+    metrics.json counts them per split."""
     from detr_ft.data.synthetic import SyntheticSpec, generate
 
     root = tmp_path / "empty"
@@ -197,7 +220,7 @@ def test_dataset_without_any_object_trains_and_reports_skipped_records_of_both_s
         path.write_text(json.dumps(doc))
     out = tmp_path / "run"
     cfg = TrainConfig(output_dir=str(out), data_dir=str(root), model="detr-tiny", max_steps=2, max_epochs=2,
-                      batch_size=2, num_workers=0, on_bad_data="skip", max_inf_frames=0)
+                      batch_size=2, num_workers=0, on_bad_data="skip", max_inf_frames=2)
     from detr_ft.train import fit
 
     trainer, module, summary = fit(cfg)
@@ -205,6 +228,7 @@ def test_dataset_without_any_object_trains_and_reports_skipped_records_of_both_s
     assert all(torch.isfinite(p).all() for p in module.model.parameters())
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["data"]["train"]["skipped_records"] == 1 and saved["data"]["test"]["skipped_records"] == 1
+    assert len(list((out / "predictions" / "images").glob("*.jpg"))) == 2  # the samples skip the bad record too
     with pytest.raises(UserError, match="not-there.png'\\): image file missing"):
         fit(TrainConfig(**{**cfg.__dict__, "on_bad_data": "error", "output_dir": str(tmp_path / "run2")}))
 
@@ -249,7 +273,7 @@ BAD_FLAGS = [
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")),
     (["eval", "--ckpt-path", "{ckpt}", "--data-dir", "{data}", "--output-dir", "{file}"], "--output-dir"),
     (["predict", "--ckpt-path", "{ckpt}", "--images", "{missing}"], "{missing}"),
-    (["predict", "--ckpt-path", "{ckpt}", "--images", "{file}"], "not a readable image"),
+    (["predict", "--ckpt-path", "{ckpt}", "--images", "{file}"], "{file}: not an image (unknown format)"),
     (["predict", "--ckpt-path", "{ckpt}", "--images", "{data}/images", "--max-inf-frames", "-2"],
      "--max-inf-frames"),
     (["predict", "--ckpt-path", "{ckpt}", "--images", "{data}/images", "--threshold", "nan"], "--threshold"),

@@ -178,6 +178,9 @@ def build_parser() -> Parser:
     pr.add_argument("--device", choices=DEVICES, default="auto")
     pr.add_argument("--pad", action=argparse.BooleanOptionalAction, default=False,
                     help="run on the fixed canvas of training (static shapes)")
+    pr.add_argument("--on-bad-data", choices=["error", "skip"], default="error",
+                    help="unusable image files or dataset records: stop before any image is run, naming "
+                         "them, or leave them out with a warning")
     add_channels_last(pr)
     add_inference_autocast(pr)
     pr.add_argument("--cuda-graphs", action="store_true",
@@ -446,7 +449,8 @@ def cmd_predict(args: argparse.Namespace, out: Path) -> int:
     summary = run_predict(args.ckpt_path, out, images=args.images, data_dir=args.data_dir, split=args.split,
                           threshold=args.threshold, max_inf_frames=args.max_inf_frames,
                           batch_size=args.batch_size, device=args.device, pad=args.pad, hf_dataset=args.hf_dataset,
-                          cuda_graphs=args.cuda_graphs, channels_last=args.channels_last, autocast=args.autocast)
+                          cuda_graphs=args.cuda_graphs, channels_last=args.channels_last, autocast=args.autocast,
+                          on_bad_data=args.on_bad_data)
     print_summary("predict", out, {k: summary[k] for k in ("images", "detections", "annotated",
                                                            "detections_json")})
     return 0

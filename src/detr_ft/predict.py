@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from detr_ft.data.coco import DataReport, image_file_problem, in_threads
 from detr_ft.data.hf_dataset import read_split
 from detr_ft.data.sampling import batches_by_shape
 from detr_ft.data.transforms import load_image
@@ -20,8 +21,11 @@ from detr_ft.model.postprocess import to_coco_results
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
-def collect_images(paths: list[str]) -> list[Path]:
-    """Files as given, and image files found in folders (recursively, sorted)."""
+def collect_images(paths: list[str], on_bad_data: str = "error", limit: int = 0) -> list[Path]:
+    """Files as given, and image files found in folders (recursively, sorted), the first
+    ``limit`` of them (0: all); checked before any is used (``image_file_problem``): an
+    unusable one is a ``UserError`` naming it under ``on_bad_data="error"``, and is left out
+    with a warning under ``"skip"``."""
     found = []
     for p in map(Path, paths):
         p = p.expanduser()
@@ -33,14 +37,21 @@ def collect_images(paths: list[str]) -> list[Path]:
             raise UserError(f"--images {p}: no such file or folder")
     if not found:
         raise UserError(f"--images {' '.join(paths)}: no image files found")
-    return found
+    found = found[:limit] if limit else found
+    problems = in_threads(image_file_problem, found)
+    DataReport().settle_bad("--images", [f"{p}: {why}" for p, why in zip(found, problems) if why], "image",
+                            on_bad_data)
+    usable = [p for p, why in zip(found, problems) if not why]
+    if not usable:
+        raise UserError(f"--images {' '.join(paths)}: none of the {len(found)} files is a usable image")
+    return usable
 
 
 def run_predict(ckpt_path: str, out_dir: Path, images: list[str] | None = None, data_dir: str | None = None,
                 split: str = "test", threshold: float = 0.5, max_inf_frames: int = 0, batch_size: int = 8,
                 device: str = "auto", pad: bool = False, detector: Detector | None = None,
                 hf_dataset: str | None = None, cuda_graphs: bool = False, channels_last: bool = True,
-                autocast: bool = False) -> dict:
+                autocast: bool = False, on_bad_data: str = "error") -> dict:
     """Run the detector over images or a dataset split (``data_dir``, or ``hf_dataset``); returns a summary."""
     if not 0.0 <= threshold <= 1.0:
         raise UserError(f"--threshold must be between 0 and 1 (got {threshold})")
@@ -63,9 +74,9 @@ def run_predict(ckpt_path: str, out_dir: Path, images: list[str] | None = None, 
     items: list[tuple] = []
     if images:
         items = [(p, i + 1, None, partial(load_image, p), aspect_ratio(p))
-                 for i, p in enumerate(collect_images(images))]
+                 for i, p in enumerate(collect_images(images, on_bad_data, max_inf_frames))]
     else:
-        index = read_split(data_dir, split, categories=detector.categories, hf_dataset=hf_dataset)
+        index = read_split(data_dir, split, on_bad_data, categories=detector.categories, hf_dataset=hf_dataset)
         for r in index.records:
             xyxy = np.concatenate([r.boxes[:, :2], r.boxes[:, :2] + r.boxes[:, 2:]], axis=1)
             items.append((index.image_path(r), r.image_id, (xyxy, r.labels), partial(index.load_image, r),

@@ -227,5 +227,5 @@ def sample_predictions(module: DetrModule, resize, categories, cfg: TrainConfig,
                         channels_last=cfg.channels_last, autocast=cfg.autocast)
     run_predict("", out / "predictions", data_dir=cfg.data_dir, split="test", threshold=cfg.threshold,
                 max_inf_frames=cfg.max_inf_frames, batch_size=cfg.batch_size, detector=detector,
-                hf_dataset=cfg.hf_dataset)
+                hf_dataset=cfg.hf_dataset, on_bad_data=cfg.on_bad_data)
     return str(out / "predictions")

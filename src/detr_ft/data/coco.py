@@ -250,26 +250,31 @@ def _jpeg_file_is_complete(path: Path) -> bool:
 
 
 def check_image_file(images_dir: Path, file_name: str, images_root: str | None = None) -> str | None:
-    """Why ``images_dir/file_name`` cannot be used as an image, or None when it can.
-
-    Checks, in order: the resolved path stays inside the images folder (no
-    symlink out of it), the file exists and is a regular file, Pillow
-    recognises it from its header, and it is complete (PNG: chunk CRCs up to
-    IEND; JPEG: end marker after the scan; other formats: decoded in full).
-    ``images_root`` is ``os.path.realpath(images_dir)``, computed once by a caller
-    that checks many files.
+    """Why ``images_dir/file_name`` cannot be used as an image, or None when it can: the
+    resolved path stays inside the images folder (no symlink out of it), then
+    ``image_file_problem``. ``images_root`` is ``os.path.realpath(images_dir)``, computed once
+    by a caller that checks many files.
     """
     path = images_dir / file_name
     try:
-        try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            mode = None
-        # A plain file right in the folder cannot lead out of it; anything else is resolved.
-        if mode is None or stat.S_ISLNK(mode) or "/" in file_name or "\\" in file_name:
-            root = images_root or os.path.realpath(images_dir)
-            if not Path(os.path.realpath(path)).is_relative_to(Path(root)):
-                return "is a link that leaves the images folder"
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as e:
+        return f"unreadable ({first_line(e, limit=120)})"
+    # A plain file right in the folder cannot lead out of it; anything else is resolved.
+    if mode is None or stat.S_ISLNK(mode) or "/" in file_name or "\\" in file_name:
+        root = images_root or os.path.realpath(images_dir)
+        if not Path(os.path.realpath(path)).is_relative_to(Path(root)):
+            return "is a link that leaves the images folder"
+    return image_file_problem(path)
+
+
+def image_file_problem(path: Path) -> str | None:
+    """Why the file at ``path`` cannot be used as an image, or None when it can: it exists and
+    is a regular file, Pillow recognises it from its header, and it is complete (PNG: chunk
+    CRCs up to IEND; JPEG: end marker after the scan; other formats: decoded in full)."""
+    try:
         if not path.exists():
             return "image file missing"
         if not path.is_file():
@@ -290,6 +295,21 @@ def check_image_file(images_dir: Path, file_name: str, images_root: str | None =
     except Exception as e:  # noqa: BLE001  (any failure to read an untrusted file means: unusable)
         return f"unreadable or truncated ({first_line(e, limit=120)})"
     return None
+
+
+def in_threads(fn, items: list) -> list:
+    """``[fn(x) for x in items]``; for many items in ``CHECK_THREADS`` threads, which overlap
+    the waits of files read from disk or a network (for a few hundred files, most likely
+    cached, they would only contend for the GIL). One task per thread, not per item."""
+    if len(items) < CHECK_THREADS_FROM:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:
+        chunks = list(pool.map(lambda chunk: [fn(x) for x in chunk],
+                               [items[k::CHECK_THREADS] for k in range(CHECK_THREADS)]))
+    results = [None] * len(items)
+    for k, chunk in enumerate(chunks):
+        results[k::CHECK_THREADS] = chunk
+    return results
 
 
 def _safe_relative(file_name) -> bool:
@@ -393,19 +413,7 @@ def load_index(data_dir: Path, split: str, on_bad_data: str = "error",
     ids = list(images)
     root = os.path.realpath(images_dir)
 
-    def check(chunk: list[int]) -> list[str | None]:
-        return [check_image_file(images_dir, images[i]["file_name"], root) for i in chunk]
-
-    # Threads overlap the waits of files read from disk or a network; for a few hundred files, most
-    # likely cached, they only contend for the GIL. One task per thread, not per file.
-    if len(ids) < CHECK_THREADS_FROM:
-        file_problems = check(ids)
-    else:
-        with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:
-            results = list(pool.map(check, [ids[k::CHECK_THREADS] for k in range(CHECK_THREADS)]))
-        file_problems = [None] * len(ids)
-        for k, chunk_result in enumerate(results):
-            file_problems[k::CHECK_THREADS] = chunk_result
+    file_problems = in_threads(lambda i: check_image_file(images_dir, images[i]["file_name"], root), ids)
     for image_id, problem in zip(ids, file_problems):
         if problem:
             bad.append(f"image id {image_id} ({_show(images[image_id]['file_name'])}): {problem}")
