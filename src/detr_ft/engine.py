@@ -198,7 +198,7 @@ class DetectionData(L.LightningDataModule):
         common = dict(num_workers=self.num_workers, collate_fn=collator, pin_memory=self.pin_memory,
                       persistent_workers=self.num_workers > 0)
         if self.shape_batches:
-            aspects = [r.height / r.width for r in dataset.index.records]
+            aspects = [r.aspect for r in dataset.index.records]
             # in training without canvases, the orientations' short last batches as one where they fit
             merge_short = dataset.train and collator.canvases is None
             sampler = ShapeBatchSampler(aspects, self.batch_size, shuffle, self.seed, drop_last, merge_short)

@@ -28,7 +28,7 @@ def run_eval(ckpt_path: str, data_dir: str, out_dir: Path, split: str = "test", 
     say_if_slow_bf16(detector.device, autocast)
     index = read_split(data_dir, split, on_bad_data, categories=detector.categories, hf_dataset=hf_dataset)
     # batches of like shape (sorted by aspect ratio): each pads its images to little more than their size
-    batches = ShapeBatchSampler([r.height / r.width for r in index.records], batch_size, shuffle=False)
+    batches = ShapeBatchSampler([r.aspect for r in index.records], batch_size, shuffle=False)
     loader = DataLoader(DetectionDataset(index, detector.resize), batch_sampler=batches, num_workers=num_workers,
                         collate_fn=detector.collator, pin_memory=detector.device.type == "cuda")
     found: dict[int, list[dict]] = {}

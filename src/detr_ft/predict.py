@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
+from PIL import Image
 
-from detr_ft.data.coco import DataReport, image_file_problem, in_threads
+from detr_ft.data.coco import CocoIndex, DataReport, image_file_problem, in_threads
 from detr_ft.data.hf_dataset import read_split
 from detr_ft.data.sampling import batches_by_shape
 from detr_ft.data.transforms import load_image
@@ -47,12 +49,24 @@ def collect_images(paths: list[str], on_bad_data: str = "error", limit: int = 0)
     return usable
 
 
+class Item(NamedTuple):
+    """One image to run: where it is, its id, its ground truth (boxes x0 y0 x1 y1, labels) or
+    None, how to decode it, and its height / width (for batches of like shape)."""
+
+    path: Path
+    image_id: int
+    truth: tuple[np.ndarray, np.ndarray] | None
+    load: Callable[[], Image.Image]
+    aspect: float
+
+
 def run_predict(ckpt_path: str, out_dir: Path, images: list[str] | None = None, data_dir: str | None = None,
                 split: str = "test", threshold: float = 0.5, max_inf_frames: int = 0, batch_size: int = 8,
                 device: str = "auto", pad: bool = False, detector: Detector | None = None,
                 hf_dataset: str | None = None, cuda_graphs: bool = False, channels_last: bool = True,
-                autocast: bool = False, on_bad_data: str = "error") -> dict:
-    """Run the detector over images or a dataset split (``data_dir``, or ``hf_dataset``); returns a summary."""
+                autocast: bool = False, on_bad_data: str = "error", index: CocoIndex | None = None) -> dict:
+    """Run the detector over images, a dataset split (``data_dir``, or ``hf_dataset``) or an
+    ``index`` already read (training's validation split); returns a summary."""
     if not 0.0 <= threshold <= 1.0:
         raise UserError(f"--threshold must be between 0 and 1 (got {threshold})")
     if batch_size < 1:
@@ -70,24 +84,25 @@ def run_predict(ckpt_path: str, out_dir: Path, images: list[str] | None = None, 
         detector.model = accelerate_inference(detector.model, detector.device, cuda_graphs)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    # (path, image_id, ground truth (boxes xyxy, labels) or None, image loader, height / width)
-    items: list[tuple] = []
+    items: list[Item] = []
     if images:
-        items = [(p, i + 1, None, partial(load_image, p), aspect_ratio(p))
+        items = [Item(p, i + 1, None, partial(load_image, p), aspect_ratio(p))
                  for i, p in enumerate(collect_images(images, on_bad_data, max_inf_frames))]
     else:
-        index = read_split(data_dir, split, on_bad_data, categories=detector.categories, hf_dataset=hf_dataset)
+        if index is None:
+            index = read_split(data_dir, split, on_bad_data, categories=detector.categories, hf_dataset=hf_dataset)
         for r in index.records:
             xyxy = np.concatenate([r.boxes[:, :2], r.boxes[:, :2] + r.boxes[:, 2:]], axis=1)
-            items.append((index.image_path(r), r.image_id, (xyxy, r.labels), partial(index.load_image, r),
-                          r.height / r.width))
+            items.append(Item(index.image_path(r), r.image_id, (xyxy, r.labels), partial(index.load_image, r),
+                              r.aspect))
     if max_inf_frames:
         items = items[:max_inf_frames]
     names = detector.categories.names
     found, written = [None] * len(items), [None] * len(items)
-    for ids in batches_by_shape([item[-1] for item in items], batch_size):  # the order given kept below
-        pil = [items[i][3]() for i in ids]
-        dets = detector.detect_samples([detector.sample(im, items[i][1]) for im, i in zip(pil, ids)], threshold)
+    for ids in batches_by_shape([item.aspect for item in items], batch_size):  # the order given kept below
+        pil = [items[i].load() for i in ids]
+        dets = detector.detect_samples([detector.sample(im, items[i].image_id) for im, i in zip(pil, ids)],
+                                       threshold)
         for im, i, d in zip(pil, ids, dets):
             path, image_id, gt, *_ = items[i]
             found[i] = [{**r, "file_name": str(path)} for r in to_coco_results(d, image_id)]

@@ -211,13 +211,13 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
     }
     if trainer.is_global_zero:
         if not cfg.train_only and cfg.max_inf_frames:
-            summary["predictions"] = sample_predictions(module, bundle.resize, categories, cfg, out)
+            summary["predictions"] = sample_predictions(module, bundle.resize, categories, cfg, out, val_index)
         (out / "metrics.json").write_text(json.dumps(summary, indent=2))
         plot_curves(out / "metrics.csv", out / "curves.png")
     return trainer, module, summary
 
 
-def sample_predictions(module: DetrModule, resize, categories, cfg: TrainConfig, out: Path) -> str:
+def sample_predictions(module: DetrModule, resize, categories, cfg: TrainConfig, out: Path, val_index) -> str:
     """Annotate the first --max-inf-frames validation images at --threshold (as the original did)."""
     from detr_ft.detector import Detector
     from detr_ft.predict import run_predict
@@ -225,7 +225,7 @@ def sample_predictions(module: DetrModule, resize, categories, cfg: TrainConfig,
     # a copy: the Detector folds its model's batch norms for inference
     detector = Detector(copy.deepcopy(module.model), resize, categories, device=module.device.type,
                         channels_last=cfg.channels_last, autocast=cfg.autocast)
-    run_predict("", out / "predictions", data_dir=cfg.data_dir, split="test", threshold=cfg.threshold,
-                max_inf_frames=cfg.max_inf_frames, batch_size=cfg.batch_size, detector=detector,
-                hf_dataset=cfg.hf_dataset, on_bad_data=cfg.on_bad_data)
+    # the split as read (and checked) for validation, not read again
+    run_predict("", out / "predictions", index=val_index, threshold=cfg.threshold,
+                max_inf_frames=cfg.max_inf_frames, batch_size=cfg.batch_size, detector=detector)
     return str(out / "predictions")

@@ -85,6 +85,11 @@ class ImageRecord:
     def num_objects(self) -> int:
         return len(self.labels)
 
+    @property
+    def aspect(self) -> float:
+        """Height / width as displayed (> 1: portrait), from the JSON: no image decoded."""
+        return self.height / self.width
+
 
 @dataclass
 class DataReport:
