@@ -86,6 +86,17 @@ def test_bench_mistakes_exit_2_with_one_line(argv, needle, tmp_path, capsys):
     assert needle in err and len(err.splitlines()) == 1
 
 
+def test_bench_without_pycocotools_names_the_extra(monkeypatch, tmp_path, capsys):
+    """pycocotools is the [bench] extra (the stock path's COCO reader), not a dependency of training."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pycocotools" else real(name, *a))
+    assert main(["bench", "--what", "startup", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'detr-ft[bench]'" in err and len(err.splitlines()) == 1
+
+
 def test_speedup_means_detr_ft_is_better():
     from detr_ft.bench.config import Record
 

@@ -229,7 +229,7 @@ def build_parser() -> Parser:
 
 def train_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TrainConfig:
     """TrainConfig from defaults < --config FILE < explicit flags."""
-    names = {f.name for f in fields(TrainConfig)} - {"extra"}
+    names = {f.name for f in fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
     if args.config:
         import yaml

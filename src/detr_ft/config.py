@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from detr_ft.errors import UserError
@@ -56,7 +56,6 @@ class TrainConfig:
     on_bad_data: str = "error"
     on_non_finite: str = "error"
     logger: str = "csv"
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
         positive = {"batch_size": self.batch_size, "devices": self.devices, "num_nodes": self.num_nodes}
@@ -114,6 +113,4 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("extra")
-        return d
+        return asdict(self)

@@ -31,8 +31,6 @@ from detr_ft.data.transforms import ResizeSpec
 from detr_ft.errors import UserError, first_line
 from detr_ft.model.build import portable_config
 
-WEIGHTS_NAME = "model.safetensors"
-
 
 def image_processor_for(model, resize: ResizeSpec):
     """The model family's transformers image processor, configured like detr-ft's preprocessing.

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 
-import numpy as np
-
 from detr_ft.data.coco import Categories, ImageRecord
 
 METRIC_NAMES = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100")
@@ -75,7 +73,3 @@ def format_table(metrics: dict) -> str:
             lines.append(f"{name:<14}{ap:>8.4f}")
     return "\n".join(lines)
 
-
-def mean_or_nan(values) -> float:
-    v = np.asarray(list(values), dtype=float)
-    return float(v.mean()) if v.size else float("nan")

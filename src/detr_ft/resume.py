@@ -8,10 +8,9 @@ epoch and step; detr-ft's samplers draw the data order and flips from
 ``(seed, epoch)``; ``StepSeed`` makes the global random state of each training
 step (dropout, and anything else drawing from torch, NumPy or ``random``) a
 function of ``(seed, epoch, batch)`` too, so a resumed run draws exactly the
-random numbers the uninterrupted run drew. Lightning's ``CSVLogger`` deletes an
-existing ``metrics.csv``; ``ContinuingCSVLogger`` keeps its rows up to the
-checkpoint and appends after them, writing every row as it is logged so a
-killed run loses none.
+random numbers the uninterrupted run drew. ``ContinuingCSVLogger`` keeps the rows of
+``metrics.csv`` up to the checkpoint and appends after them, writing every row as it
+is logged so a killed run loses none.
 """
 
 from __future__ import annotations
@@ -25,10 +24,9 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
 
 from detr_ft.checkpoint import atomic_torch_save, load_checkpoint
 from detr_ft.errors import UserError
@@ -110,67 +108,87 @@ class StepSeed(L.Callback):
         random.seed(s)
 
 
-class ContinuingCSVWriter(ExperimentWriter):
-    """``metrics.csv`` writer: every row written when logged; on resume, the rows of the
+class ContinuingCSVWriter:
+    """``metrics.csv`` in ``log_dir``: every row written when logged; on resume, the rows of the
     earlier run up to the checkpoint are kept.
 
     ``keep_until=(epoch, step)``: keep the existing rows with ``epoch <= epoch`` and
     ``step < step`` (the rows a resumed run will log again are dropped); ``None``:
-    start a fresh file. The columns are the sorted union of the keys logged, as
-    Lightning's own writer does.
+    start a fresh file. The columns are the sorted union of the keys logged; a row is
+    the metrics (tensors as numbers) plus its ``step``.
     """
 
+    FILE_NAME = "metrics.csv"
+
     def __init__(self, log_dir: str, keep_until: tuple[int, int] | None = None):
-        # Not ExperimentWriter.__init__: that deletes an existing metrics.csv.
-        self.hparams: dict = {}
-        self.log_dir = log_dir
-        self.metrics_file_path = os.path.join(log_dir, self.NAME_METRICS_FILE)
-        self.metrics: list[dict] = []  # logged, not yet written
-        self.metrics_keys: list[str] = []
         os.makedirs(log_dir, exist_ok=True)
-        path = Path(self.metrics_file_path)
-        if keep_until is None or not path.is_file():
-            path.unlink(missing_ok=True)
+        self.path = Path(log_dir) / self.FILE_NAME
+        self.keys: list[str] = []
+        if keep_until is None or not self.path.is_file():
+            self.path.unlink(missing_ok=True)
             return
-        header, rows = _read_rows(path)
+        header, rows = _read_rows(self.path)
         kept = [r for r in rows if _before(r, keep_until)]
         if len(kept) < len(rows):
             log.info("metrics.csv: dropped %d row(s) logged after the checkpoint", len(rows) - len(kept))
-        self.metrics_keys = header
-        _write_rows(path, header, kept)
+        self.keys = header
+        _write_rows(self.path, header, kept)
 
-    def log_metrics(self, metrics_dict: dict, step: int | None = None) -> None:
-        super().log_metrics(metrics_dict, step)  # the row as Lightning's writer records it
-        self.save()  # written at once: a killed run loses no row
-
-    def save(self) -> None:
-        if not self.metrics:
-            return
-        path = Path(self.metrics_file_path)
-        new_keys = set().union(*self.metrics) - set(self.metrics_keys)
-        if new_keys or not path.is_file():
-            old = _read_rows(path)[1] if path.is_file() else []
-            self.metrics_keys = sorted(set(self.metrics_keys) | new_keys)
-            _write_rows(path, self.metrics_keys, old + self.metrics)
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        """Append one row at once (a killed run loses none); a new column rewrites the file."""
+        row = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
+        row["step"] = step
+        if set(row) - set(self.keys) or not self.path.is_file():
+            old = _read_rows(self.path)[1] if self.path.is_file() else []
+            self.keys = sorted(set(self.keys) | set(row))
+            _write_rows(self.path, self.keys, [*old, row])
         else:
-            with open(path, "a", newline="") as f:
-                csv.DictWriter(f, fieldnames=self.metrics_keys).writerows(self.metrics)
-        self.metrics = []
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.keys).writerow(row)
 
 
-class ContinuingCSVLogger(CSVLogger):
-    """Lightning's CSVLogger writing ``save_dir/metrics.csv`` with a ``ContinuingCSVWriter``."""
+class ContinuingCSVLogger(Logger):
+    """A Lightning logger (public ``Logger`` API) writing ``save_dir/metrics.csv`` with a
+    ``ContinuingCSVWriter``; hyperparameters go to ``config.yaml``, written by train."""
 
     def __init__(self, save_dir, keep_until: tuple[int, int] | None = None):
-        super().__init__(save_dir, name="", version="", flush_logs_every_n_steps=1)
+        super().__init__()
+        self._save_dir = str(save_dir)
         self._keep_until = keep_until
+        self._writer: ContinuingCSVWriter | None = None
 
     @property
-    @rank_zero_experiment
-    def experiment(self) -> ContinuingCSVWriter:
-        if self._experiment is None:
-            self._experiment = ContinuingCSVWriter(self.log_dir, self._keep_until)
-        return self._experiment
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def log_dir(self) -> str:
+        return self._save_dir
+
+    def _file(self) -> ContinuingCSVWriter:
+        if self._writer is None:  # made on first use, when the Trainer has set the ranks
+            self._writer = ContinuingCSVWriter(self._save_dir, self._keep_until)
+        return self._writer
+
+    @rank_zero_only
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        self._file()
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        self._file().log_metrics(metrics, 0 if step is None else step)
+
+    @rank_zero_only
+    def save(self) -> None:
+        self._file()
 
 
 def _before(row: dict, keep_until: tuple[int, int]) -> bool:

@@ -19,14 +19,20 @@ from detr_ft.bench.measure import quiet_progress_bars
 from detr_ft.bench.memory import bench_memory
 from detr_ft.bench.models import Sides
 from detr_ft.bench.workspace import Workspace, make_export
+from detr_ft.errors import UserError
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[list[Record], list[str], dict]:
     """Run the benchmarks ``cfg.what``; returns (records, notes, environment: the machine
     before and after, and every timed step's seconds)."""
+    from importlib.util import find_spec
+
     from detr_ft.devices import inference_device, machine_facts
     from detr_ft.model.speed import channels_last_helps
 
+    if find_spec("pycocotools") is None:  # the stock path reads COCO files as the original did
+        raise UserError("detr-ft bench runs the stock pipeline, which needs pycocotools: "
+                        "pip install 'detr-ft[bench]'")
     cfg = cfg.resolved()
     device = inference_device(cfg.device)
     quiet_progress_bars()

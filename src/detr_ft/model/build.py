@@ -18,7 +18,6 @@ from detr_ft.data.transforms import ResizeSpec
 from detr_ft.errors import UserError, first_line
 from detr_ft.model.outputs import SUPPORTED_FAMILIES
 
-DEFAULT_MODEL = "facebook/detr-resnet-50"
 # Revision of facebook/detr-resnet-50 whose backbone is a transformers ResNet, so timm is not needed.
 NO_TIMM_REVISION = {"facebook/detr-resnet-50": "no_timm", "facebook/detr-resnet-101": "no_timm"}
 # The resize of DETR's image processor: short side 800, long side at most 1333.
