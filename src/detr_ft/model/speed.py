@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 # A residual layer of transformers' ResNet and RT-DETR ResNet (basic and bottleneck) has these
 # parts: the activation acts on ``layer(x) + shortcut(x)``, a sum made in place on ``layer``'s
@@ -40,11 +41,9 @@ def channels_last_helps(device: torch.device | str) -> bool:
 
 
 def use_channels_last(model: nn.Module) -> nn.Module:
-    """Convert the model's convolution weights to channels-last, in place, and mark it so that
-    ``model_pixels`` gives it its input in that layout too."""
-    model.to(memory_format=torch.channels_last)
-    model.detr_ft_channels_last = True
-    return model
+    """Convert the model's convolution weights to channels-last, in place; ``model_pixels`` then
+    gives it its input in that layout too."""
+    return model.to(memory_format=torch.channels_last)
 
 
 def channels_last_where_it_helps(model: nn.Module, device: torch.device | str, wanted: bool = True) -> bool:
@@ -64,8 +63,12 @@ def for_training(model: nn.Module, device: torch.device | str, channels_last: bo
 
 
 def model_pixels(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """``pixel_values`` in the layout the model's convolutions use (no copy when it already is)."""
-    if getattr(model, "detr_ft_channels_last", False) and pixel_values.dim() == 4:
+    """``pixel_values`` in the layout of the model's first convolution (no copy when it already is)."""
+    # the first convolution whose layout shows (a 1x1 or one-channel kernel is both NCHW and NHWC)
+    weight = next((p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2:].numel() > 1),
+                  None)
+    if (weight is not None and pixel_values.dim() == 4
+            and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()):
         return pixel_values.contiguous(memory_format=torch.channels_last)
     return pixel_values
 
@@ -98,6 +101,17 @@ class FrozenNormConv2d(nn.Conv2d):
 
     frozen_norm: nn.Module  # held outside ``_modules``: the norm stays where it is in the state dict
 
+    @classmethod
+    def around(cls, conv: nn.Conv2d, norm: nn.Module) -> "FrozenNormConv2d":
+        """The fused convolution holding ``conv``'s own parameters (no copy; the same state-dict
+        values) and applying ``norm``."""
+        fused = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+                    device="meta")
+        fused.weight, fused.bias = conv.weight, conv.bias
+        fused.__dict__["frozen_norm"] = norm  # an attribute, not a submodule
+        return fused.train(conv.training)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale, shift = (t.to(self.weight.dtype) for t in _affine(self.frozen_norm))
         bias = shift if self.bias is None else shift + self.bias * scale
@@ -106,7 +120,13 @@ class FrozenNormConv2d(nn.Conv2d):
 
 class FusedAwayNorm(nn.Module):
     """A frozen batch norm whose map the convolution before it applies: passes its input on.
-    Keeps its buffers, under the same state-dict keys."""
+    Holds the norm's buffers, under the same state-dict keys."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.eps = getattr(norm, "eps", 1e-5)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            self.register_buffer(name, getattr(norm, name))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -119,11 +139,11 @@ def fuse_frozen_norms(model: nn.Module) -> int:
     state dict keeps its keys and values, gradients are the pair's up to float rounding.
     Trainable ``nn.BatchNorm2d`` is left alone."""
     fused = 0
-    for _, _, conv, _, norm in _conv_norm_pairs(model):
+    for block, conv_name, conv, norm_name, norm in _conv_norm_pairs(model):
         if type(conv) is nn.Conv2d and _is_frozen_batch_norm(norm):
-            conv.__class__ = FrozenNormConv2d
-            conv.__dict__["frozen_norm"] = norm  # an attribute, not a submodule
-            norm.__class__ = FusedAwayNorm
+            away = FusedAwayNorm(norm)
+            setattr(block, conv_name, FrozenNormConv2d.around(conv, away))
+            setattr(block, norm_name, away)
             fused += 1
     return fused
 
@@ -169,12 +189,15 @@ def _affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def _folded(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
-    scale, shift = _affine(norm)
+    """A biased convolution computing ``norm(conv(x))`` (eval-mode norm), in ``conv``'s layout."""
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                       conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
                       device=conv.weight.device, dtype=conv.weight.dtype)
-    weight = conv.weight.float() * scale.view(-1, 1, 1, 1)
-    bias = shift + (conv.bias.float() * scale if conv.bias is not None else 0.0)
+    wide = torch.promote_types(conv.weight.dtype, torch.float32)
+    weight, bias = fuse_conv_bn_weights(
+        conv.weight.to(wide), None if conv.bias is None else conv.bias.to(wide),
+        *(t.to(wide) for t in (norm.running_mean, norm.running_var)), getattr(norm, "eps", 1e-5),
+        *(t.to(wide) for t in (norm.weight, norm.bias)))
     fused.weight.copy_(weight.to(conv.weight.dtype))
     fused.bias.copy_(bias.to(conv.weight.dtype))
     if conv.weight.is_contiguous(memory_format=torch.channels_last):
