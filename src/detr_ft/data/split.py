@@ -86,6 +86,7 @@ def split_coco(annotations: Path, out: Path, fraction: float, seed: int) -> dict
     has no ``images/`` folder and the COCO file sits in ``X/annotations/`` beside ``X/images/``,
     ``out/images`` becomes a link to it, so ``out`` is a dataset detr-ft reads.
     """
+    check_fraction(fraction)
     annotations = Path(annotations).expanduser()
     doc = read_json(annotations)
     images, anns = _coco_parts(doc, annotations)
