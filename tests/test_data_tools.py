@@ -205,7 +205,8 @@ def test_check_finds_each_planted_problem(tmp_path, capsys):
     assert [(e["train"], e["test"]) for e in by_code["duplicates_near"]["examples"]] == [("t1.png", "v_near.png")]
     assert by_code["classes_missing_test"]["examples"] == ["bird"]
     assert "restart in every image" in by_code["annotation_ids_repeat_train"]["message"]
-    assert [e["bbox"] for e in by_code["tiny_boxes_train"]["examples"]] == [[30.0, 30.0, 1.0, 1.0]]
+    assert [(e["bbox"], e["resized_side"]) for e in by_code["tiny_boxes_train"]["examples"]] == [
+        ([30.0, 30.0, 1.0, 1.0], 0.8)]  # 1 px x 32 / 40: the resize to short side 32
     assert [e["class"] for e in by_code["duplicate_boxes_train"]["examples"]] == ["cat"]
     assert report["settings"]["resize"] == [32, 53]
     out = capsys.readouterr().out
