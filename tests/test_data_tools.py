@@ -305,3 +305,23 @@ def test_bad_input_is_one_line_and_exit_2(make, argv, needle, tmp_path, capsys):
         if make is bad_coco:
             report = json.loads((tmp_path / "skip" / "data_check.json").read_text())
             assert "skipped_records" in codes(report)
+
+
+def test_check_of_a_hf_dataset_reports_as_the_coco_folder_does(tmp_path):
+    """The same planted dataset as a 🤗 DatasetDict: the same split summaries and cross-split duplicates."""
+    pytest.importorskip("datasets")
+    from datasets import Dataset, DatasetDict
+    from test_interop import coco_split_to_rows, cppe5_features
+
+    problem_dataset(tmp_path / "data")
+    splits = {}
+    for split in ("train", "test"):
+        rows, names = coco_split_to_rows(tmp_path / "data", split)
+        splits[split] = Dataset.from_dict(rows, features=cppe5_features(names))
+    DatasetDict(splits).save_to_disk(str(tmp_path / "hf"))
+    coco = run_check(tmp_path / "coco", tmp_path / "data")
+    out = tmp_path / "hf-check"
+    assert main(["data", "check", "--hf-dataset", str(tmp_path / "hf"), "--output-dir", str(out)]) == 0
+    hf = json.loads((out / "data_check.json").read_text())
+    assert hf["splits"] == coco["splits"]
+    assert {"duplicates_exact", "duplicates_near"} <= codes(hf)
