@@ -160,7 +160,8 @@ def _yolo_object(line: str, where: str, image: SourceImage, classes: list[str], 
         bad.append(f"{where}: {line.strip()[:60]!r} is not 'class cx cy w h' (five numbers)")
         return
     if not fields[0].isdigit() or int(fields[0]) >= len(classes):
-        bad.append(f"{where}: class {fields[0]!r} is not an index into the {len(classes)} class names (0..{len(classes) - 1})")
+        bad.append(f"{where}: class {fields[0]!r} is not an index into the {len(classes)} class names "
+                   f"(0..{len(classes) - 1})")
         return
     cx, cy, w, h = values
     W, H = image.width, image.height
@@ -264,7 +265,8 @@ def read_labelme(src: Path) -> Source:
             _labelme_rectangle(shape, f"{where} shapes[{k}]", image, source.bad)
         source.images.append(image)
     if ignored:
-        source.notes.append("left out non-rectangle shapes: " + ", ".join(f"{n} {k}" for k, n in sorted(ignored.items())))
+        source.notes.append("left out non-rectangle shapes: "
+                            + ", ".join(f"{n} {k}" for k, n in sorted(ignored.items())))
     source.classes = sorted({o[0] for im in source.images for o in im.objects})
     return source
 

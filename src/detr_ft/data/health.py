@@ -281,12 +281,14 @@ def duplicate_findings(train: SplitData, test: SplitData, max_bits: int) -> list
     if exact:
         out.append(Finding("warning", "duplicates_exact", f"{len(exact)} test image(s) are byte-identical to "
                            f"training images: the test score overstates what the model learned; remove them "
-                           f"from one split", [{"train": name(train, i), "test": name(test, j)} for i, j in exact[:MAX_EXAMPLES]]))
+                           f"from one split",
+                           [{"train": name(train, i), "test": name(test, j)} for i, j in exact[:MAX_EXAMPLES]]))
     if near:
         out.append(Finding("warning", "duplicates_near", f"{len(near)} train/test pair(s) look the same "
                            f"(perceptual hash within {max_bits} of 64 bits: resized, re-encoded or lightly edited "
                            f"copies); check them and keep each picture in one split",
-                           [{"train": name(train, i), "test": name(test, j), "bits": b} for i, j, b in near[:MAX_EXAMPLES]]))
+                           [{"train": name(train, i), "test": name(test, j), "bits": b}
+                            for i, j, b in near[:MAX_EXAMPLES]]))
     return out
 
 
@@ -344,22 +346,28 @@ def suggest_image_size(train: SplitData, settings: CheckSettings) -> dict | None
 
 # ---- the check ------------------------------------------------------------------------------------
 
+def _stats(a: np.ndarray) -> dict | None:
+    """min, median, mean and max of the values (None when there are none)."""
+    if not len(a):
+        return None
+    return {"min": float(a.min()), "median": float(np.median(a)), "mean": round(float(a.mean()), 3),
+            "max": float(a.max())}
+
+
 def split_summary(s: SplitData) -> dict:
     counts = s.index.object_counts()
     sizes = s.sizes
     areas = s.boxes[:, 2] * s.boxes[:, 3]
     aspects = np.array([r.aspect for r in s.index.records])
-    stats = lambda a: ({"min": float(a.min()), "median": float(np.median(a)), "mean": round(float(a.mean()), 3),  # noqa: E731
-                        "max": float(a.max())} if len(a) else None)
     return {
         "images": len(s.index.records), "objects": int(counts.sum()),
         "images_without_objects": int((counts == 0).sum()),
-        "objects_per_image": stats(counts),
+        "objects_per_image": _stats(counts),
         "per_class": dict(zip(s.index.categories.names, map(int, s.class_counts))),
         "box_sizes": {"small": int((areas < COCO_SMALL).sum()),
                       "medium": int(((areas >= COCO_SMALL) & (areas < COCO_MEDIUM)).sum()),
                       "large": int((areas >= COCO_MEDIUM).sum())},
-        "image_width": stats(sizes[:, 0]), "image_height": stats(sizes[:, 1]),
+        "image_width": _stats(sizes[:, 0]), "image_height": _stats(sizes[:, 1]),
         "orientation": {"landscape": int((aspects < 1).sum()), "portrait": int((aspects > 1).sum()),
                         "square": int((aspects == 1).sum())},
         "reader": s.index.report.to_dict(),

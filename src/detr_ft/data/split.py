@@ -103,7 +103,8 @@ def split_coco(annotations: Path, out: Path, fraction: float, seed: int) -> dict
         write_json(out / "annotations" / f"{split}.json", part)
         summary[split] = {"images": len(part["images"]), "objects": len(part["annotations"])}
     source_images = annotations.parent.parent / "images"
-    if not (out / "images").exists() and source_images.is_dir() and source_images.resolve() != (out / "images").resolve():
+    if (not (out / "images").exists() and source_images.is_dir()
+            and source_images.resolve() != (out / "images").resolve()):
         (out / "images").symlink_to(source_images.resolve(), target_is_directory=True)
         summary["images_link"] = str(source_images.resolve())
     return summary
