@@ -230,7 +230,8 @@ def test_check_of_a_dataset_without_objects_and_of_one_class(tmp_path):
     one = [{"name": f"o{k}", "size": (48, 40), "objects": [(5, [4, 4, 20, 20])]} for k in range(4)]
     write_coco(tmp_path / "one", "train", one[:3], categories={5: "dog"})
     write_coco(tmp_path / "one", "test", one[3:], categories={5: "dog"})
-    report = run_check(tmp_path, tmp_path / "one")
+    report = run_check(tmp_path, tmp_path / "one", "--model", "detr-tiny")
+    assert report["settings"]["resize"] == [128, 192]  # the preset's resize, read without building the model
     assert report["classes"] == ["dog"] and report["splits"]["test"]["per_class"] == {"dog": 1}
     assert report["suggestions"]["num_buckets"]["value"] == 1  # one object per image: one bucket, no padding
     assert not codes(report) & {"classes_missing_test", "duplicates_exact", "duplicates_near"}
@@ -290,6 +291,8 @@ def bad_coco(root: Path) -> None:
     (None, ["data", "split", "--annotations", "{src}/a.json", "--out", "{out}", "--split", "1.5"], "--split 1.5"),
     (None, ["data", "check", "--data-dir", "{src}", "--image-size", "4", "--output-dir", "{out}"], "--image-size 4"),
     (None, ["data", "convert", "--from", "labelme", "{src}/missing", "--out", "{out}"], "not a folder"),
+    (None, ["data", "check", "--data-dir", "{src}", "--model", "{src}/no-model", "--output-dir", "{out}"],
+     "not a model folder"),
 ])
 def test_bad_input_is_one_line_and_exit_2(make, argv, needle, tmp_path, capsys):
     src, out = tmp_path / "src", tmp_path / "out"

@@ -12,8 +12,9 @@ from detr_ft.errors import UserError
 
 def resize_for_check(model: str | None, image_size: list[int] | None) -> ResizeSpec:
     """The resize the check measures boxes after: ``--image-size SHORT [LONG]`` (LONG default
-    SHORT x 1333/800), else ``--model``'s (a preset's table, or a model folder's image processor
-    config: torch and transformers are imported then, no model is built), else DETR-R50's 800/1333."""
+    SHORT x 1333/800), else ``--model``'s (a preset's table, a model folder's image processor config,
+    or a hub id's from the Hugging Face cache: torch and transformers are imported then, no model is
+    built), else DETR-R50's 800/1333."""
     if image_size:
         short = image_size[0]
         long = image_size[1] if len(image_size) > 1 else int(round(short * DEFAULT_RESIZE.longest /
@@ -28,8 +29,13 @@ def resize_for_check(model: str | None, image_size: list[int] | None) -> ResizeS
 
     if model in PRESETS:
         return PRESETS[model][1]
-    return resize_from_processor(str(Path(model).expanduser()) if Path(model).expanduser().is_dir() else model,
-                                 {"local_files_only": True})
+    local = Path(model).expanduser()
+    if local.is_dir():
+        return resize_from_processor(str(local), {})
+    if local.exists() or model.startswith((".", "/", "~")):
+        raise UserError(f"--model {model}: not a model folder; pass a Hugging Face model directory, a preset "
+                        f"({', '.join(PRESETS)}), or --image-size SHORT [LONG]")
+    return resize_from_processor(model, {"local_files_only": True})  # a hub id: from the cache, else DETR's
 
 
 def describe(report: dict) -> str:
