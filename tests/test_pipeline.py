@@ -136,7 +136,8 @@ def test_eval_and_predict_batch_like_shapes_and_report_in_the_datasets_order(tra
 
 def test_commands_import_only_the_libraries_they_use(trained_run, tmp_path):
     """Importing Lightning takes seconds: only the commands that train import it, and `data`
-    imports neither torch nor transformers (it took 6 s to write three images, now a fraction)."""
+    imports neither torch nor transformers (it took 6 s to write three images, now a fraction),
+    `data check` included."""
     ckpt, data = str(trained_run / "last.ckpt"), str(tmp_path / "data")
     script = f"""
 import sys
@@ -144,6 +145,8 @@ from detr_ft.cli import main
 loaded = lambda: sorted(m for m in ("lightning", "torchmetrics", "torch", "transformers") if m in sys.modules)
 assert main(["data", "synthetic", "--out", {data!r}, "--train", "2", "--val", "2", "--size", "64"]) == 0
 print("data", loaded())
+assert main(["data", "check", "--data-dir", {data!r}, "--output-dir", {str(tmp_path / "check")!r}]) == 0
+print("data-check", loaded())
 for argv in (["predict", "--ckpt-path", {ckpt!r}, "--data-dir", {data!r}],
              ["eval", "--ckpt-path", {ckpt!r}, "--data-dir", {data!r}],
              ["export", "--ckpt-path", {ckpt!r}, "--out", {str(tmp_path / "hf")!r}]):
@@ -152,8 +155,9 @@ for argv in (["predict", "--ckpt-path", {ckpt!r}, "--data-dir", {data!r}],
 """
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    lines = [line for line in run.stdout.splitlines() if line.split(" ")[0] in ("data", "predict", "eval", "export")]
-    assert lines == ["data []", "predict ['torch', 'transformers']", "eval ['torch', 'transformers']",
+    lines = [line for line in run.stdout.splitlines()
+             if line.split(" ")[0] in ("data", "data-check", "predict", "eval", "export") and line.endswith("]")]
+    assert lines == ["data []", "data-check []", "predict ['torch', 'transformers']", "eval ['torch', 'transformers']",
                      "export ['torch', 'transformers']"], run.stdout[-2000:]
 
 

@@ -125,6 +125,69 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="YAML file of train settings (keys are flag names); flags override it")
 
 
+def add_data_tools(data_sub) -> None:
+    """``data check``, ``data convert`` and ``data split`` (data/check.py, convert.py, split.py)."""
+    check = data_sub.add_parser("check", help="is a dataset fit to learn from: a report with pictures")
+    src = check.add_mutually_exclusive_group()
+    src.add_argument("--data-dir", default=None, help=f"dataset in CPPE-5 layout (default {DEFAULT_DATA_DIR})")
+    src.add_argument("--hf-dataset", metavar="NAME_OR_PATH", help="a 🤗 datasets dataset instead of --data-dir")
+    check.add_argument("--model", help="measure boxes after this model's resize (preset or model folder; "
+                                       "default: DETR-R50's 800/1333)")
+    check.add_argument("--image-size", type=int, nargs="+", metavar="SHORT [LONG]",
+                       help="measure boxes after this resize instead of --model's")
+    check.add_argument("--on-bad-data", choices=["error", "skip"], default="error",
+                       help="records training would refuse: stop (exit 2) as training does, or report them")
+    check.add_argument("--min-box-pixels", type=float, default=4.0, help="tiny: a box side under this after resize")
+    check.add_argument("--few-objects", type=int, default=10, help="rare: a class with fewer training objects")
+    check.add_argument("--near-duplicate-bits", type=int, default=10,
+                       help="near-duplicates: perceptual hashes (64 bits) differing in at most this many")
+    check.add_argument("--overlap-iou", type=float, default=0.9, help="duplicate boxes: same class, IoU above this")
+    add_common(check)
+    conv = data_sub.add_parser("convert", help="YOLO, Pascal VOC or LabelMe dataset -> detr-ft's COCO layout")
+    conv.add_argument("--from", dest="source_format", required=True, choices=["yolo", "voc", "labelme"])
+    conv.add_argument("source", metavar="SRC", help="the dataset's top folder")
+    conv.add_argument("--out", required=True, help="where images/ and annotations/{train,test}.json go")
+    conv.add_argument("--split", type=float, default=0.9,
+                      help="training share of a source without its own train/test splits (stratified)")
+    conv.add_argument("--seed", type=int, default=0)
+    conv.add_argument("--on-bad-data", choices=["error", "skip"], default="error",
+                      help="bad records: stop naming them, or leave them out and count them")
+    add_common(conv)
+    split = data_sub.add_parser("split", help="a seeded, class-stratified train/test split of a COCO file")
+    split.add_argument("--annotations", required=True, metavar="FILE.json")
+    split.add_argument("--out", required=True, help="writes OUT/annotations/{train,test}.json")
+    split.add_argument("--split", type=float, default=0.9, help="training share")
+    split.add_argument("--seed", type=int, default=0)
+    add_common(split)
+
+
+def cmd_data_tools(args: argparse.Namespace) -> int:
+    """Run ``data check``, ``convert`` or ``split``."""
+    if args.data_command == "check":
+        from detr_ft.data.check import resize_for_check, run_check
+        from detr_ft.data.health import CheckSettings
+
+        out = Path(args.output_dir) if args.output_dir else default_output_dir("data-check")
+        check_output_dir(out)
+        settings = CheckSettings(resize_for_check(args.model, args.image_size), args.min_box_pixels,
+                                 args.few_objects, args.near_duplicate_bits, args.overlap_iou)
+        run_check(out, args.data_dir or DEFAULT_DATA_DIR, args.hf_dataset, args.on_bad_data, settings)
+        return 0
+    if args.data_command == "convert":
+        from detr_ft.data.convert import convert
+
+        check_output_dir(Path(args.out), "--out")
+        summary = convert(args.source_format, Path(args.source), Path(args.out), args.split, args.seed,
+                          args.on_bad_data)
+    else:
+        from detr_ft.data.split import split_coco
+
+        check_output_dir(Path(args.out), "--out")
+        summary = split_coco(Path(args.annotations), Path(args.out), args.split, args.seed)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="detr-ft", description="Fine-tune DETR object detectors on COCO-format data.")
     parser.add_argument("--version", action="version", version=f"detr-ft {__import__('detr_ft').__version__}")
@@ -147,6 +210,7 @@ def build_parser() -> Parser:
     cppe.add_argument("--md5", default=None, help="expected md5 (default: the official one)")
     cppe.add_argument("--force", action="store_true", help="replace a dataset already there")
     add_common(cppe)
+    add_data_tools(data_sub)
 
     train = sub.add_parser("train", help="fine-tune a detector")
     add_train_args(train)
@@ -384,6 +448,8 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command in ("check", "convert", "split"):
+        return cmd_data_tools(args)
     if args.data_command == "synthetic":
         from detr_ft.data.synthetic import SyntheticSpec, generate
 

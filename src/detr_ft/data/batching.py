@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch.utils.data import get_worker_info
 
+from detr_ft.data.padding import bucket_size, compute_buckets, padded_pixel_fraction  # noqa: F401  (re-exported)
 from detr_ft.devices import one_cpu_thread
 
 # A padded object slot holds this box: finite and non-degenerate, so that any
@@ -114,33 +115,6 @@ def _rebuild_batch(*values) -> Batch:
     return Batch(*(torch.from_numpy(v) if isinstance(v, np.ndarray) else v for v in values))
 
 
-def compute_buckets(object_counts, num_buckets: int) -> list[int]:
-    """Object-count bucket boundaries from per-image counts (no image decoded).
-
-    Percentiles of the counts at 100/K, 200/K, ... 100 (lower interpolation, as
-    the original example), made unique; the top bucket is the maximum count, and
-    every bucket holds at least one slot. ``num_buckets=0`` means no buckets.
-    """
-    import numpy as np
-
-    if num_buckets <= 0:
-        return []
-    counts = np.asarray(object_counts, dtype=np.int64)
-    if counts.size == 0:
-        return [1]
-    q = np.linspace(0, 100, num_buckets + 1)[1:]
-    bounds = np.percentile(counts, q, method="lower")
-    return sorted({max(1, int(b)) for b in bounds} | {max(1, int(counts.max()))})
-
-
-def bucket_size(count: int, buckets: list[int]) -> int:
-    """The smallest bucket that holds ``count`` objects (the largest bucket if none does)."""
-    for b in buckets:
-        if b >= count:
-            return b
-    return max(count, buckets[-1]) if buckets else max(count, 1)
-
-
 class Collator:
     """Pads a list of ``Sample`` into a ``Batch``.
 
@@ -218,18 +192,6 @@ def empty_to_hand_over(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tens
     except (AttributeError, RuntimeError):  # a torch without it: the copy happens, nothing else changes
         return torch.empty(shape, dtype=dtype)
     return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
-
-
-def padded_pixel_fraction(sizes: list[tuple[int, int]], canvases: list[tuple[int, int]]) -> float:
-    """Share of canvas pixels that are padding, over images of the given (resized) sizes,
-    each on the smallest canvas that holds it."""
-    by_area = sorted(canvases, key=lambda c: c[0] * c[1])
-    real = total = 0
-    for h, w in sizes:
-        ch, cw = next((c for c in by_area if c[0] >= h and c[1] >= w), by_area[-1])
-        real += h * w
-        total += ch * cw
-    return 1.0 - real / total if total else 0.0
 
 
 def batch_padding_fraction(sizes: list[tuple[int, int]], batches: list[list[int]]) -> float:

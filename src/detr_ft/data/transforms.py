@@ -9,12 +9,15 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from detr_ft.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where pixels become tensors: `data check` and `data convert` read
+    import torch   # sizes and decode images without it
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -129,6 +132,8 @@ def image_tensor(image: Image.Image, size: tuple[int, int] | None = None) -> tor
     BILINEAR resize gives (within one grey level, tested), in about half the time.
     Normalisation happens once per batch, in ``Batch.ready``.
     """
+    import torch
+
     hwc = np.asarray(image)  # a read-only view of Pillow's bytes: torch only reads it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "not writable": nothing writes to it
