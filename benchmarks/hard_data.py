@@ -6,9 +6,10 @@ Writes detr-ft's dataset layout (``OUT/images/``, ``OUT/annotations/train.json``
 - 12 classes that a mirror changes: the letters and digits F G J L P R 2 4 7 (Pillow's
   own font, drawn bold), an arrow to the right, an arrow to the left (each other's mirror
   image, so a horizontal flip turns one into the other) and a flag (pole on the left);
-- objects 8-50 px on their long side (log-uniform), 0-10 per image, never overlapping
-  and never clipped by the border, turned at most 15 degrees (an arrow still points its
-  way), in random colours chosen to stand out from the background under them, shaded;
+- objects 8-50 px on their long side (log-uniform; a pixel less at times), 0-10 per image,
+  never overlapping and never clipped by the border, turned at most 15 degrees (an arrow
+  still points its way), in random colours chosen to stand out from the background under
+  them, shaded;
 - textured backgrounds with a few distractor shapes, uneven lighting, sensor noise, JPEG;
   the **training and test backgrounds come from different families** (train: multi-octave
   value noise, wavy stripes; test: soft blobs, gradients, turned checkerboards), so the
@@ -90,7 +91,7 @@ def object_mask(name: str, long_side: int, turn_deg: float) -> np.ndarray:
     big = big.crop(big.getbbox())
     scale = long_side / max(big.size)
     small = big.resize((max(2, round(big.width * scale)), max(2, round(big.height * scale))), Image.BOX)
-    mask = np.asarray(small) >= 110
+    mask = np.asarray(small) >= 40
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     return mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
