@@ -55,7 +55,7 @@ def test_classes_sizes_and_placement(hard_dir):
         for a in coco["annotations"]:
             x, y, w, h = a["bbox"]
             width, height = sizes[a["image_id"]]
-            assert hard_data.OBJECT_PX[0] - 1 <= max(w, h) <= hard_data.OBJECT_PX[1], a
+            assert 7 <= max(w, h) <= 50, a  # the 8-50 px (the mask may lose a pixel)
             assert 0 <= x and x + w <= width and 0 <= y and y + h <= height, a  # never clipped
             boxes.setdefault(a["image_id"], []).append((x, y, w, h))
         assert len(coco["annotations"]) >= 2 * len(coco["images"])
@@ -171,6 +171,8 @@ def test_runner_reports_a_missing_flag_and_evaluates_the_rest(tmp_path, monkeypa
     train_cmd = calls[0]
     assert train_cmd[3:5] == ["train", "--data-dir"] and train_cmd[train_cmd.index("--max-minutes") + 1] == "0.5"
     assert train_cmd[-len(recipe_bench.BASE_ARGS.split()):] == recipe_bench.BASE_ARGS.split()  # "today": base only
+    aug_cmd = next(c for c in calls if "--augment" in c)
+    assert aug_cmd[-2:] == ["--augment", "detr"]  # after the base, so a configuration's flags win
     table = capsys.readouterr().out
     assert "| aug | flag not available: detr-ft: error: unrecognized arguments: --augment detr" in table
     assert "| today | ok | 0.250 | 0.125 | 0.500 | 0.250 | 40 |" in table
