@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -201,8 +200,9 @@ def run_config(name: str, args: list[str], data_dir: Path, minutes: float, out: 
         record["train_wall_minutes"] = round((time.perf_counter() - started) / 60, 2)
         ckpt = next((p for p in (train_dir / "best.ckpt", train_dir / "last.ckpt") if p.exists()), None)
         if rc != 0 or ckpt is None:
-            return {**record, "status": failure_status(rc, why) if rc else "failed",
-                    "reason": why if rc else "training wrote no best.ckpt or last.ckpt"}
+            record.update(status=failure_status(rc, why) if rc else "failed",
+                          reason=why if rc else "training wrote no best.ckpt or last.ckpt")
+            return record
         summary = _metrics(train_dir / "metrics.json")
         record.update(status="ok", checkpoint=ckpt.name, steps=summary.get("steps"), epochs=summary.get("epochs"),
                       images_per_second=summary.get("images_per_second"),
@@ -237,15 +237,16 @@ def markdown(results: dict) -> str:
     lines = [f"Recipes at equal wall time: {results['minutes']:g} min of training each on {results['data_dir']} "
              f"({m['cpu']}, {m['cores']} cores, torch {m['torch']}, transformers {m['transformers']}, "
              f"{m['date_utc']})", "",
-             "| config | status | test mAP50 | test mAP | train mAP50 | train mAP | steps | load avg | flags |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| config | status | test mAP50 | test mAP | train mAP50 | train mAP | steps | train min | load avg "
+             "| flags |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["configs"]:
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
         load = r.get("load_average", {})
         lines.append(f"| {r['name']} | {status.replace('|', '/')} | {_figure(r.get('test'), 'map_50')} "
                      f"| {_figure(r.get('test'), 'map')} | {_figure(r.get('train'), 'map_50')} "
                      f"| {_figure(r.get('train'), 'map')} | {r.get('steps') or '—'} "
-                     f"| {load.get('mean', '—')} | `{r['args'] or '(base only)'}` |")
+                     f"| {r.get('train_wall_minutes', '—')} | {load.get('mean', '—')} "
+                     f"| `{r['args'] or '(base only)'}` |")
     return "\n".join(lines)
 
 

@@ -165,6 +165,7 @@ def test_runner_reports_a_missing_flag_and_evaluates_the_rest(tmp_path, monkeypa
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     today, aug, ema = results["configs"]
     assert aug["status"] == "flag not available" and "--augment" in aug["reason"] and "test" not in aug
+    assert all(r["load_average"]["samples"] >= 1 for r in results["configs"])
     assert today["status"] == "ok" and today["checkpoint"] == "last.ckpt" and today["steps"] == 40
     assert today["test"] == {"map_50": 0.25, "map": 0.125} and today["train"] == {"map_50": 0.5, "map": 0.25}
     assert ema["checkpoint"] == "best.ckpt" and ema["test"]["map_50"] == pytest.approx(0.35)
@@ -175,7 +176,7 @@ def test_runner_reports_a_missing_flag_and_evaluates_the_rest(tmp_path, monkeypa
     assert aug_cmd[-2:] == ["--augment", "detr"]  # after the base, so a configuration's flags win
     table = capsys.readouterr().out
     assert "| aug | flag not available: detr-ft: error: unrecognized arguments: --augment detr" in table
-    assert "| today | ok | 0.250 | 0.125 | 0.500 | 0.250 | 40 |" in table
+    assert "| today | ok | 0.250 | 0.125 | 0.500 | 0.250 | 40 | " in table
 
 
 def test_runner_bad_input_is_one_line(tmp_path, capsys):
