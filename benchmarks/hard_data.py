@@ -68,7 +68,10 @@ def _draw_shape(name: str) -> Image.Image:
     draw = ImageDraw.Draw(canvas)
     c, r = side / 2, RENDER_PX / 2
     if name in GLYPHS:
-        font = ImageFont.load_default(size=RENDER_PX)
+        try:
+            font = ImageFont.load_default(size=RENDER_PX)
+        except TypeError:  # Pillow < 10.1 has no scalable default font
+            raise UserError("benchmarks/hard_data.py needs Pillow >= 10.1; pip install -U pillow") from None
         draw.text((c, c), name, fill=255, font=font, anchor="mm", stroke_width=RENDER_PX // 14, stroke_fill=255)
     elif name in ("arrow_right", "arrow_left"):
         # Shaft then head, pointing to +x; mirrored for the left arrow.
