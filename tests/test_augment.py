@@ -213,3 +213,51 @@ class _no_raise:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_shape_batches_never_mix_orientations_after_augmentation(synthetic_dir):
+    """--no-pad / --pad-canvases auto group by the JSON's aspect before augmentation: crops keep the
+    orientation class, so no batch holds a landscape (h < w) and a portrait (h > w) image, and each
+    batch fits the envelope's canvas of its orientation."""
+    from detr_ft.data.batching import Collator
+    from detr_ft.data.coco import load_index
+    from detr_ft.data.dataset import DetectionDataset
+    from detr_ft.data.sampling import ShapeBatchSampler
+
+    index, resize = load_index(synthetic_dir, "train"), ResizeSpec(48, 72)
+    spec = augment_spec("strong", resize, crop=1.0, crop_min=0.1, scales=[32, 64])
+    ds = DetectionDataset(index, resize, train=True, seed=1, augment=spec)
+    env = spec.envelope(resize)
+    collate = Collator(resize.mean, resize.std, canvases=env.orientation_canvases)
+    sampler = ShapeBatchSampler([r.aspect for r in index.records], 4, shuffle=True, seed=1)
+    assert {r.aspect > 1 for r in index.records} == {True, False}  # both orientations present
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        for keys in sampler:
+            samples = [ds[k] for k in keys]
+            shapes = [tuple(s.image.shape[1:]) for s in samples]
+            assert not (any(h > w for h, w in shapes) and any(h < w for h, w in shapes)), shapes
+            collate(samples)  # fits a canvas (raises otherwise)
+
+
+def test_image_size_is_saved_and_used_by_eval_predict_and_export(synthetic_dir, tmp_path):
+    import json
+
+    from detr_ft.cli import main
+    from detr_ft.detector import Detector
+    from detr_ft.export import export
+
+    out = tmp_path / "run"
+    assert main(["train", "--data-dir", str(synthetic_dir), "--model", "detr-tiny", "--max-steps", "1",
+                 "--batch-size", "4", "--num-workers", "0", "--train-only", "--image-size", "80", "112",
+                 "--augment", "detr", "--output-dir", str(out)]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["canvases"] == [[112, 112]]
+    ckpt = out / "last.ckpt"
+    resize = Detector.load(ckpt, device="cpu").resize
+    assert (resize.shortest, resize.longest) == (80, 112)
+    smaller = Detector.load(ckpt, device="cpu", image_size=[64]).resize
+    assert (smaller.shortest, smaller.longest) == (64, 90)  # the saved long/short ratio
+    config = json.loads((export(str(ckpt), tmp_path / "hf") / "preprocessor_config.json").read_text())
+    assert config["size"] == {"shortest_edge": 80, "longest_edge": 112}
+    assert Detector.load(tmp_path / "hf", device="cpu").resize.shortest == 80
