@@ -258,6 +258,9 @@ def build_parser() -> Parser:
     bench.add_argument("--images", type=int, default=200, help="synthetic training images")
     bench.add_argument("--source-size", type=int, help="long side of the synthetic images (default: the resize's)")
     bench.add_argument("--workers", default="0,2", help="data-loading workers of the data benchmark")
+    bench.add_argument("--augment", choices=["none", "flip", "detr", "strong"], default="flip",
+                       help="train's --augment preset in the data benchmark, both sides (the stock side with "
+                            "albumentations: pip install 'detr-ft[albumentations]') (default: %(default)s)")
     bench.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                        help="peak RSS of each side, in fresh processes")
     bench.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")

@@ -172,10 +172,10 @@ def distort_colours(pixels: torch.Tensor, rng: np.random.Generator,
     """[3, h, w] uint8 -> the same with random brightness, contrast, saturation and hue."""
     b, c, s, h = jitter
     factors = [rng.uniform(1 - b, 1 + b), rng.uniform(1 - c, 1 + c), rng.uniform(1 - s, 1 + s), rng.uniform(-h, h)]
-    means = pixels.float().mean(dim=(1, 2)).numpy().astype(np.float64)
-    A, t = colour_map(*factors, means)
-    out = torch.einsum("ij,jhw->ihw", torch.from_numpy(A).float(), pixels.float())
-    return out.add_(torch.from_numpy(t).float().view(3, 1, 1)).clamp_(0, 255).round_().to(torch.uint8)
+    flat = pixels.reshape(3, -1).float()
+    A, t = colour_map(*factors, flat.mean(dim=1).numpy().astype(np.float64))
+    out = torch.from_numpy(A).float() @ flat
+    return out.add_(torch.from_numpy(t).float().view(3, 1)).clamp_(0, 255).round_().to(torch.uint8).view(pixels.shape)
 
 
 def check_probability(flag: str, value: float) -> None:
