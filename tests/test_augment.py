@@ -250,9 +250,9 @@ def test_image_size_is_saved_and_used_by_eval_predict_and_export(synthetic_dir, 
     out = tmp_path / "run"
     assert main(["train", "--data-dir", str(synthetic_dir), "--model", "detr-tiny", "--max-steps", "1",
                  "--batch-size", "4", "--num-workers", "0", "--train-only", "--image-size", "80", "112",
-                 "--augment", "detr", "--output-dir", str(out)]) == 0
+                 "--augment", "detr", "--scales", "48", "100", "--output-dir", str(out)]) == 0
     summary = json.loads((out / "metrics.json").read_text())
-    assert summary["canvases"] == [[112, 112]]
+    assert summary["canvases"] == [[140, 140]]  # scales above SHORT enlarge the canvas: 112 x 100 / 80
     ckpt = out / "last.ckpt"
     resize = Detector.load(ckpt, device="cpu").resize
     assert (resize.shortest, resize.longest) == (80, 112)

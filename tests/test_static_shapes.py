@@ -129,11 +129,11 @@ def step_losses(out):
 
 @pytest.mark.slow
 def test_compile_recompiles_at_most_k_plus_one(synthetic_dir, tmp_path, capsys):
-    """With augmentation on: every scale (up to 160, above detr-tiny's 128) and crop on one canvas."""
+    """With every augmentation on (multi-scale, crops, zoom-outs): all on one canvas, no new shapes."""
     k = 2
     summary = run_train(synthetic_dir, tmp_path, "--max-epochs", "2", "--pad", "--num-buckets", str(k),
-                        "--compile", "--augment", "strong", "--scales", "64", "160")
-    assert summary["canvases"] == [[240, 240]]  # the canvas of the largest scale: 192 x 160 / 128
+                        "--compile", "--augment", "strong")
+    assert summary["canvases"] == [[192, 192]]
     assert len(summary["buckets"]) <= k
     assert 1 <= summary["recompiles"] <= k + 1
     assert f"  recompiles: {summary['recompiles']}\n" in capsys.readouterr().out  # told, not only in the file

@@ -127,7 +127,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 def add_image_size(p, what: str) -> None:
     """``--image-size SHORT [LONG]`` (train, eval, predict)."""
-    p.add_argument("--image-size", type=int, nargs="+", metavar="SIDE", default=None,
+    p.add_argument("--image-size", type=int, nargs="+", metavar=("SHORT", "LONG"), default=None,
                    help=f"resize SHORT [LONG]: short side to SHORT px, long side at most LONG (default LONG: SHORT "
                         f"times the model's long/short ratio); {what} (default: %(default)s)")
 
