@@ -261,3 +261,29 @@ def test_image_size_is_saved_and_used_by_eval_predict_and_export(synthetic_dir, 
     config = json.loads((export(str(ckpt), tmp_path / "hf") / "preprocessor_config.json").read_text())
     assert config["size"] == {"shortest_edge": 80, "longest_edge": 112}
     assert Detector.load(tmp_path / "hf", device="cpu").resize.shortest == 80
+
+
+@pytest.mark.parametrize("preset", ["flip", "strong"])
+def test_bench_stock_side_augments_alike(preset, synthetic_dir):
+    """bench --what data --augment: the stock side (processor after albumentations, or a NumPy flip)
+    yields images at the preset's scales and boxes that stay normalised."""
+    if preset != "flip":
+        pytest.importorskip("albumentations")
+    from detr_ft.bench.stock import StockCocoDetection, stock_augmentation, stock_processor
+    from detr_ft.data.coco import load_index
+
+    resize = ResizeSpec(48, 72)
+    spec = augment_spec(preset, resize, hflip=1.0)
+    index = load_index(synthetic_dir, "train")
+    label_of = {cid: i for i, cid in enumerate(index.categories.ids)}
+    plain = StockCocoDetection(synthetic_dir / "images", synthetic_dir / "annotations" / "train.json",
+                               stock_processor(resize), label_of)
+    augmented = StockCocoDetection(synthetic_dir / "images", synthetic_dir / "annotations" / "train.json",
+                                   stock_processor(resize), label_of, stock_augmentation(spec, resize))
+    for i in range(4):
+        (p0, t0), (p1, t1) = plain[i], augmented[i]
+        hi = spec.scales[1] if spec.scales else 48
+        assert min(p1.shape[1:]) <= hi and max(p1.shape[1:]) <= spec.envelope(resize).longest
+        assert len(t1["boxes"]) <= len(t0["boxes"]) and ((t1["boxes"] >= 0) & (t1["boxes"] <= 1)).all()
+        if preset == "flip":  # mirrored pixels and boxes
+            assert torch.allclose(p1, p0.flip(-1)) and torch.allclose(t1["boxes"][:, 0], 1 - t0["boxes"][:, 0])

@@ -69,7 +69,10 @@ class StockCocoDetection(Dataset):
             image = out["image"]
             anns = [dict(anns[int(i)], bbox=[float(v) for v in b], area=float(b[2] * b[3]))
                     for i, b in zip(out["idx"], out["bboxes"])]
-            resize = {"do_resize": not self.transform.resizes}
+            if self.transform.scales:  # multi-scale: the processor's resize at a drawn short side
+                resize = {"size": {"shortest_edge": int(np.random.randint(self.transform.scales[0],
+                                                                          self.transform.scales[1] + 1)),
+                                   "longest_edge": self.transform.longest}}
         encoding = self.processor(images=image, annotations={"image_id": image_id, "annotations": anns},
                                   return_tensors="pt", **resize)
         return encoding["pixel_values"].squeeze(0), encoding["labels"][0]
@@ -78,8 +81,8 @@ class StockCocoDetection(Dataset):
 def stock_augmentation(spec, resize):
     """albumentations doing what ``spec`` (an ``AugmentSpec``) does, for the stock side of ``bench
     --what data`` (None when ``spec`` does nothing): flip, crop from the borders (sides 1 to
-    crop_min of the image's), zoom-out as an affine shrink, multi-scale short side (the processor
-    then does not resize) and colour jitter, boxes dropped below ``min_visibility``."""
+    crop_min of the image's), zoom-out as an affine shrink and colour jitter, boxes dropped below
+    ``min_visibility``; the multi-scale short side is the processor's resize, per call (``scales``)."""
     if not spec.geometric and not spec.scales and not spec.photometric:
         return StockFlip(spec.hflip) if spec.hflip else None
     try:
@@ -96,23 +99,19 @@ def stock_augmentation(spec, resize):
         side = (1 - spec.crop_min) / 2
         steps.append(A.RandomCropFromBorders(crop_left=side, crop_right=side, crop_top=side, crop_bottom=side,
                                              p=spec.crop))
-    if spec.scales:
-        envelope = spec.envelope(resize)
-        steps += [A.SmallestMaxSize(max_size=list(range(spec.scales[0], spec.scales[1] + 1))),
-                  A.LongestMaxSize(max_size=envelope.longest)]
     if spec.photometric:
         b, c, s, h = spec.jitter
         steps.append(A.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h, p=spec.photometric))
     compose = A.Compose(steps, bbox_params=A.BboxParams(format="coco", label_fields=["idx"], clip=True,
                                                         min_visibility=spec.min_visibility))
-    compose.resizes = bool(spec.scales)
+    compose.scales, compose.longest = spec.scales, spec.envelope(resize).longest  # for the processor's resize
     return compose
 
 
 class StockFlip:
     """A horizontal flip with albumentations' call signature (``--augment flip`` needs no albumentations)."""
 
-    resizes = False
+    scales = None
 
     def __init__(self, p: float):
         self.p = p
