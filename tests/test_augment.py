@@ -287,3 +287,24 @@ def test_bench_stock_side_augments_alike(preset, synthetic_dir):
         assert len(t1["boxes"]) <= len(t0["boxes"]) and ((t1["boxes"] >= 0) & (t1["boxes"] <= 1)).all()
         if preset == "flip":  # mirrored pixels and boxes
             assert torch.allclose(p1, p0.flip(-1)) and torch.allclose(t1["boxes"][:, 0], 1 - t0["boxes"][:, 0])
+
+
+def test_canvas_check_names_the_real_sizes():
+    """A 200 x 1000 strip at DETR's 800/1333 fits the default canvas (it became 267 x 1335 and failed
+    with "--pad-size None: smaller than the resized images"); a small --pad-size names what fits."""
+    from types import SimpleNamespace
+
+    from detr_ft.config import TrainConfig
+    from detr_ft.errors import UserError
+    from detr_ft.train import canvases_for, check_canvases, largest_sizes
+
+    records = [SimpleNamespace(height=200, width=1000), SimpleNamespace(height=600, width=800)]
+    resize = ResizeSpec(800, 1333)
+    for cfg in (TrainConfig(), TrainConfig(pad_canvases="auto")):
+        check_canvases(cfg, canvases_for(cfg, resize), largest_sizes(records, resize, False), resize)
+    small = TrainConfig(pad_size=[800, 1200])
+    with pytest.raises(UserError, match=r"--pad-size 800 1200: the canvas 800x1200 is smaller than a training "
+                                        r"image of 267x1333 .* at least 800x1333"):
+        check_canvases(small, canvases_for(small, resize), largest_sizes(records, resize, False), resize)
+    crops = largest_sizes(records, augment_spec("detr", resize).envelope(resize), True)
+    assert crops == [(800, 1333), (800, 1333)]  # a crop may take any landscape shape within the envelope
