@@ -253,6 +253,8 @@ def test_image_size_is_saved_and_used_by_eval_predict_and_export(synthetic_dir, 
                  "--augment", "detr", "--scales", "48", "100", "--output-dir", str(out)]) == 0
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["canvases"] == [[140, 140]]  # scales above SHORT enlarge the canvas: 112 x 100 / 80
+    assert summary["resize"] == [80, 112] and summary["augment"]["scales"] == [48, 100]
+    assert summary["augment"]["crop"] == 0.5 and summary["augment"]["hflip"] == 0.5  # the detr preset's
     ckpt = out / "last.ckpt"
     resize = Detector.load(ckpt, device="cpu").resize
     assert (resize.shortest, resize.longest) == (80, 112)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import time
@@ -225,6 +226,8 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
         "wall_seconds": round(time.perf_counter() - started, 1),
         "buckets": buckets,
         "canvases": canvases,
+        "resize": [bundle.resize.shortest, bundle.resize.longest],
+        "augment": dataclasses.asdict(augment),  # the preset with the knobs given, as trained
         "padded_pixel_fraction": round(pad_fraction, 4),
         "padded_pixel_fraction_square": round(padded_pixel_fraction(resized, [bundle.resize.max_canvas]), 4)
         if canvases else None,

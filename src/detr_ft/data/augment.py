@@ -129,7 +129,7 @@ class AugmentSpec:
         if H <= W:
             fh = min(fh, fw)
         else:
-            fw = max(min(fw, fh), W)
+            fw = min(fw, fh)  # still >= W: fh >= H > W
         ox, oy = rng.uniform(0, fw - W), rng.uniform(0, fh - H)
         oh, ow = resize_output_size(fh, fw, short, longest)
         pw, ph = max(1, min(ow, int(round(W * ow / fw)))), max(1, min(oh, int(round(H * oh / fh))))
