@@ -26,11 +26,11 @@ EPOCHS = 3
 
 def train_command(out: Path, data: Path, *extra: str) -> list[str]:
     """A deterministic detr-tiny run: 2 steps per epoch, a checkpoint every epoch, cosine schedule with
-    warm-up (so the scheduler state matters), validation every epoch."""
+    warm-up (so the scheduler state matters), validation every epoch, every augmentation on."""
     return [sys.executable, "-m", "detr_ft", "train", "--data-dir", str(data), "--model", "detr-tiny",
             "--max-epochs", str(EPOCHS), "--batch-size", "8", "--num-workers", "0", "--deterministic",
             "--ckpt-store-interval-epochs", "1", "--lr-schedule", "cosine", "--warmup-steps", "3",
-            "--max-inf-frames", "0", "--output-dir", str(out), *extra]
+            "--max-inf-frames", "0", "--augment", "strong", "--output-dir", str(out), *extra]
 
 
 def rows(path: Path) -> list[dict]:

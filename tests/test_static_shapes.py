@@ -129,9 +129,11 @@ def step_losses(out):
 
 @pytest.mark.slow
 def test_compile_recompiles_at_most_k_plus_one(synthetic_dir, tmp_path, capsys):
+    """With every augmentation on (multi-scale, crops, zoom-outs): all on one canvas, no new shapes."""
     k = 2
     summary = run_train(synthetic_dir, tmp_path, "--max-epochs", "2", "--pad", "--num-buckets", str(k),
-                        "--compile")
+                        "--compile", "--augment", "strong")
+    assert summary["canvases"] == [[192, 192]]
     assert len(summary["buckets"]) <= k
     assert 1 <= summary["recompiles"] <= k + 1
     assert f"  recompiles: {summary['recompiles']}\n" in capsys.readouterr().out  # told, not only in the file

@@ -108,8 +108,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="a NaN/inf training loss: stop (keeping the last good checkpoint), or skip the batch")
     g.add_argument("--lr-schedule", choices=["constant", "cosine"], default=d.lr_schedule)
     g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    g.add_argument("--hflip", type=float, default=d.hflip, help="probability of a horizontal flip in training")
     g.add_argument("--max-minutes", type=float, default=d.max_minutes, help="stop training after M minutes")
+    add_augment_args(p, d)
     g = p.add_argument_group("static shapes, devices, runs")
     g.add_argument("--pad-size", type=int, nargs=2, metavar=("H", "W"), default=d.pad_size,
                    help="canvas for --pad (default: the largest size the model's resize produces)")
@@ -186,6 +186,41 @@ def cmd_data_tools(args: argparse.Namespace) -> int:
         summary = split_coco(Path(args.annotations), Path(args.out), args.split, args.seed)
     print(json.dumps(summary, indent=1))
     return 0
+def add_image_size(p, what: str) -> None:
+    """``--image-size SHORT [LONG]`` (train, eval, predict)."""
+    p.add_argument("--image-size", type=int, nargs="+", metavar=("SHORT", "LONG"), default=None,
+                   help=f"resize SHORT [LONG]: short side to SHORT px, long side at most LONG (default LONG: SHORT "
+                        f"times the model's long/short ratio); {what} (default: %(default)s)")
+
+
+def add_augment_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Training resolution and augmentation (``data/augment.py``); a knob given replaces --augment's value."""
+    from_preset = "(default: the --augment preset's)"
+    g = p.add_argument_group("resolution and augmentation (data/augment.py; the README's 'Training recipe')")
+    add_image_size(g, "saved in the checkpoint and the export, so eval and predict use it; None: the model's")
+    g.add_argument("--augment", choices=["none", "flip", "detr", "strong"], default=d.augment,
+                   help="preset: none; flip (hflip 0.5); detr (+ short side drawn from 0.6-1.0 x the resize's, "
+                        "random-size crop p 0.5); strong (detr + photometric p 0.8, zoom-out p 0.3) "
+                        "(default: %(default)s)")
+    g.add_argument("--hflip", type=float, default=d.hflip,
+                   help=f"probability of a horizontal flip; 0 for text, digits, arrows {from_preset}")
+    g.add_argument("--scales", type=int, nargs=2, metavar=("MIN", "MAX"), default=d.scales,
+                   help="short side drawn per image from MIN..MAX px, long side capped at the resize's long/short "
+                        f"ratio times max(MAX, SHORT); above SHORT enlarges the canvases {from_preset}")
+    g.add_argument("--crop", type=float, default=d.crop, help=f"probability of a random-size crop {from_preset}")
+    g.add_argument("--crop-min", type=float, default=d.crop_min,
+                   help="smallest crop side, a fraction of the image's (default: %(default)s)")
+    g.add_argument("--min-visibility", type=float, default=d.min_visibility,
+                   help="a cropped box is kept if this fraction of its area stays visible (default: %(default)s)")
+    g.add_argument("--photometric", type=float, default=d.photometric,
+                   help=f"probability of a colour distortion {from_preset}")
+    g.add_argument("--jitter", type=float, nargs=4, metavar=("B", "C", "S", "H"), default=d.jitter,
+                   help="colour distortion strengths: brightness, contrast, saturation factors 1 +- B, C, S; "
+                        "hue +- H turns (default: %(default)s)")
+    g.add_argument("--zoom-out", type=float, default=d.zoom_out,
+                   help=f"probability of a zoom-out (image in a larger frame of the mean colour) {from_preset}")
+    g.add_argument("--zoom-out-max", type=float, default=d.zoom_out_max,
+                   help="largest zoom-out frame, times the image's size (default: %(default)s)")
 
 
 def build_parser() -> Parser:
@@ -225,6 +260,7 @@ def build_parser() -> Parser:
     ev.add_argument("--num-workers", type=int, default=0, help="data-loading processes (default 0: none)")
     ev.add_argument("--device", choices=DEVICES, default="auto")
     ev.add_argument("--on-bad-data", choices=["error", "skip"], default="error")
+    add_image_size(ev, "None: the checkpoint's")
     add_channels_last(ev)
     add_inference_autocast(ev)
     add_common(ev)
@@ -236,6 +272,7 @@ def build_parser() -> Parser:
     src.add_argument("--data-dir", default=None)
     src.add_argument("--hf-dataset", metavar="NAME_OR_PATH", help="a 🤗 datasets dataset instead of --data-dir")
     pr.add_argument("--split", default="test")
+    add_image_size(pr, "None: the checkpoint's")
     pr.add_argument("--threshold", type=float, default=0.5)
     pr.add_argument("--max-inf-frames", type=int, default=0, help="at most N images (0: all)")
     pr.add_argument("--batch-size", type=int, default=8)
@@ -283,6 +320,9 @@ def build_parser() -> Parser:
     bench.add_argument("--images", type=int, default=200, help="synthetic training images")
     bench.add_argument("--source-size", type=int, help="long side of the synthetic images (default: the resize's)")
     bench.add_argument("--workers", default="0,2", help="data-loading workers of the data benchmark")
+    bench.add_argument("--augment", choices=["none", "flip", "detr", "strong"], default="flip",
+                       help="train's --augment preset in the data benchmark, both sides (the stock side with "
+                            "albumentations: pip install 'detr-ft[albumentations]') (default: %(default)s)")
     bench.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                        help="peak RSS of each side, in fresh processes")
     bench.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
@@ -336,8 +376,9 @@ def yaml_value(action: argparse.Action | None, key: str, value, path: Path):
         return value
     convert = action.type or str
     items = value if action.nargs is not None else [value]
-    if action.nargs is not None and not (isinstance(value, list) and len(value) == action.nargs):
-        raise bad(f"a list of {action.nargs} values")
+    count_ok = (lambda n: n >= 1) if action.nargs == "+" else (lambda n: n == action.nargs)
+    if action.nargs is not None and not (isinstance(value, list) and count_ok(len(value))):
+        raise bad(f"a list of {action.nargs if action.nargs != '+' else 'one or more'} values")
     try:
         if convert is int and any(isinstance(v, float) and not v.is_integer() for v in items):
             raise ValueError
@@ -421,7 +462,7 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             raise UserError(f"--num-workers must be 0 or more (got {args.num_workers})")
         run_eval(args.ckpt_path, args.data_dir, out, args.split, args.batch_size, args.num_workers,
                  device=args.device, on_bad_data=args.on_bad_data, hf_dataset=args.hf_dataset,
-                 channels_last=args.channels_last, autocast=args.autocast)
+                 channels_last=args.channels_last, autocast=args.autocast, image_size=args.image_size)
         print(f"\nmetrics: {out / 'metrics.json'}\ndetections: {out / 'detections.json'}")
         return 0
     if args.command == "predict":
@@ -480,7 +521,7 @@ def cmd_predict(args: argparse.Namespace, out: Path) -> int:
                           threshold=args.threshold, max_inf_frames=args.max_inf_frames,
                           batch_size=args.batch_size, device=args.device, pad=args.pad, hf_dataset=args.hf_dataset,
                           cuda_graphs=args.cuda_graphs, channels_last=args.channels_last, autocast=args.autocast,
-                          on_bad_data=args.on_bad_data)
+                          on_bad_data=args.on_bad_data, image_size=args.image_size)
     print_summary("predict", out, {k: summary[k] for k in ("images", "detections", "annotated",
                                                            "detections_json")})
     return 0

@@ -51,7 +51,17 @@ class TrainConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 0.1
     lr_schedule: str = "constant"
-    hflip: float = 0.5
+    image_size: list[int] | None = None  # SHORT [LONG]: the resize (None: the model's own)
+    augment: str = "flip"
+    hflip: float | None = None  # None: the --augment preset's (the knobs below alike)
+    scales: list[int] | None = None
+    crop: float | None = None
+    crop_min: float = 0.3
+    min_visibility: float = 0.3
+    photometric: float | None = None
+    jitter: list[float] = field(default_factory=lambda: [0.125, 0.5, 0.5, 0.05])
+    zoom_out: float | None = None
+    zoom_out_max: float = 2.0
     warmup_steps: int = 0
     on_bad_data: str = "error"
     on_non_finite: str = "error"
@@ -77,8 +87,9 @@ class TrainConfig:
             raise UserError("--weight-decay and --grad-clip must be 0 or more")
         if not 0.0 <= self.threshold <= 1.0:
             raise UserError(f"--threshold must be between 0 and 1 (got {self.threshold})")
-        if not 0.0 <= self.hflip <= 1.0:
-            raise UserError(f"--hflip must be a probability between 0 and 1 (got {self.hflip})")
+        from detr_ft.data.transforms import ResizeSpec
+
+        self.augment_spec(ResizeSpec(800, 1333).with_image_size(self.image_size))  # checks every augmentation flag
         if self.pad_canvases not in ("square", "auto"):
             raise UserError(f"--pad-canvases must be square or auto (got {self.pad_canvases})")
         if self.pad_size is not None and self.pad_canvases == "auto":
@@ -111,6 +122,16 @@ class TrainConfig:
             if self.strategy not in known:
                 raise UserError(f"--strategy {self.strategy}: unknown; use one of {', '.join(known[:8])}, ...")
         return self
+
+    def augment_spec(self, resize):
+        """The training augmentation at the training resolution ``resize``: the --augment preset with
+        the knobs given replacing its values (an ``AugmentSpec``)."""
+        from detr_ft.data.augment import augment_spec
+
+        return augment_spec(self.augment, resize, hflip=self.hflip, scales=self.scales, crop=self.crop,
+                            crop_min=self.crop_min, min_visibility=self.min_visibility,
+                            photometric=self.photometric, jitter=self.jitter, zoom_out=self.zoom_out,
+                            zoom_out_max=self.zoom_out_max)
 
     def to_dict(self) -> dict:
         return asdict(self)

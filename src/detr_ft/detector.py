@@ -62,13 +62,14 @@ class Detector:
 
     @classmethod
     def load(cls, path, device: str = "auto", canvas: tuple[int, int] | None = None,
-             channels_last: bool = True, autocast: bool = False) -> "Detector":
+             channels_last: bool = True, autocast: bool = False, image_size=None) -> "Detector":
         """A detector from a detr-ft checkpoint file or a Hugging Face model directory.
 
         device: auto (CUDA, then MPS, then CPU), cpu, cuda, hpu or mps.
         canvas: a fixed (H, W) to pad every batch to (static shapes), or None.
         channels_last: channels-last convolutions where they are faster (CPU, CUDA).
         autocast: bf16 autocast for the network.
+        image_size: (SHORT,) or (SHORT, LONG) to resize to instead of the saved rule (``--image-size``).
         """
         path = Path(path).expanduser()
         if path.is_dir():
@@ -81,6 +82,7 @@ class Detector:
             model, resize_spec, categories, _ = model_from_checkpoint(path)
         else:
             raise UserError(f"{path}: no such checkpoint file or model directory")
+        resize_spec = resize_spec.with_image_size(image_size)
         return cls(model, resize_spec, categories, device=device, canvas=canvas, channels_last=channels_last,
                    autocast=autocast)
 

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from detr_ft.data.batching import Batch, Collator, ready_from_loader
+from detr_ft.data.augment import AugmentSpec
 from detr_ft.data.coco import Categories, CocoIndex
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.data.sampling import EpochSampler, ShapeBatchSampler
@@ -172,6 +173,7 @@ class DetrModule(L.LightningModule):
 class DetectionData(L.LightningDataModule):
     """Train and validation loaders over COCO indexes, producing ``Batch``es.
 
+    ``augment``: the training augmentation (default: a flip with probability ``hflip``).
     ``shape_batches``: batches of images of like shape (``ShapeBatchSampler``; for
     ``--no-pad`` and ``--pad-canvases auto``). Validation batches are filled to full size
     with blank images when the collator is static (``fill_to``).
@@ -180,9 +182,9 @@ class DetectionData(L.LightningDataModule):
     def __init__(self, train_index: CocoIndex, val_index: CocoIndex | None, resize: ResizeSpec,
                  batch_size: int, num_workers: int, collator: Collator, val_collator: Collator | None = None,
                  seed: int = 0, shuffle: bool = True, drop_last: bool = False, pin_memory: bool = False,
-                 hflip: float = 0.5, shape_batches: bool = False):
+                 hflip: float = 0.5, shape_batches: bool = False, augment: AugmentSpec | None = None):
         super().__init__()
-        self.train_set = DetectionDataset(train_index, resize, train=True, seed=seed, hflip=hflip)
+        self.train_set = DetectionDataset(train_index, resize, train=True, seed=seed, hflip=hflip, augment=augment)
         self.val_set = DetectionDataset(val_index, resize, train=False) if val_index is not None else None
         self.batch_size = batch_size
         self.num_workers = num_workers

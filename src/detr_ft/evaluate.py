@@ -22,9 +22,11 @@ MAX_DETECTIONS = 100
 
 def run_eval(ckpt_path: str, data_dir: str, out_dir: Path, split: str = "test", batch_size: int = 8,
              num_workers: int = 0, device: str = "auto", on_bad_data: str = "error",
-             hf_dataset: str | None = None, channels_last: bool = True, autocast: bool = False) -> dict:
+             hf_dataset: str | None = None, channels_last: bool = True, autocast: bool = False,
+             image_size=None) -> dict:
     """Evaluate; writes metrics.json, detections.json and per_class_ap.png into ``out_dir``."""
-    detector = Detector.load(ckpt_path, device=device, channels_last=channels_last, autocast=autocast)
+    detector = Detector.load(ckpt_path, device=device, channels_last=channels_last, autocast=autocast,
+                             image_size=image_size)
     say_if_slow_bf16(detector.device, autocast)
     index = read_split(data_dir, split, on_bad_data, categories=detector.categories, hf_dataset=hf_dataset)
     # batches of like shape (sorted by aspect ratio): each pads its images to little more than their size

@@ -64,7 +64,8 @@ def run_predict(ckpt_path: str, out_dir: Path, images: list[str] | None = None, 
                 split: str = "test", threshold: float = 0.5, max_inf_frames: int = 0, batch_size: int = 8,
                 device: str = "auto", pad: bool = False, detector: Detector | None = None,
                 hf_dataset: str | None = None, cuda_graphs: bool = False, channels_last: bool = True,
-                autocast: bool = False, on_bad_data: str = "error", index: CocoIndex | None = None) -> dict:
+                autocast: bool = False, on_bad_data: str = "error", index: CocoIndex | None = None,
+                image_size=None) -> dict:
     """Run the detector over images, a dataset split (``data_dir``, or ``hf_dataset``) or an
     ``index`` already read (training's validation split); returns a summary."""
     if not 0.0 <= threshold <= 1.0:
@@ -74,7 +75,8 @@ def run_predict(ckpt_path: str, out_dir: Path, images: list[str] | None = None, 
     if cuda_graphs and not pad:
         raise UserError("--cuda-graphs needs static shapes: add --pad")
     if detector is None:
-        detector = Detector.load(ckpt_path, device=device, channels_last=channels_last, autocast=autocast)
+        detector = Detector.load(ckpt_path, device=device, channels_last=channels_last, autocast=autocast,
+                                 image_size=image_size)
         say_if_slow_bf16(detector.device, autocast)
     if pad:  # static shapes: every batch on the largest canvas the resize produces, full batches
         detector.use_canvas(detector.resize.max_canvas, fill_to=batch_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import time
@@ -43,7 +44,8 @@ def newest_checkpoint(out_dir: Path) -> Path | None:
 
 def canvases_for(cfg: TrainConfig, resize) -> list[tuple[int, int]] | None:
     """The fixed canvases of --pad: one square (or --pad-size), or with --pad-canvases auto
-    a landscape and a portrait one (short x long, long x short), which every resized image fits."""
+    a landscape and a portrait one (short x long, long x short), which every resized image fits.
+    ``resize`` is the augmentation's envelope (``AugmentSpec.envelope``): the largest scale."""
     if not cfg.pad:
         return None
     if cfg.pad_canvases == "auto":
@@ -51,6 +53,29 @@ def canvases_for(cfg: TrainConfig, resize) -> list[tuple[int, int]] | None:
     if cfg.pad_size:
         return [(int(cfg.pad_size[0]), int(cfg.pad_size[1]))]
     return [resize.max_canvas]
+
+
+def largest_sizes(records, envelope, geometric: bool) -> list[tuple[int, int]]:
+    """The largest (height, width) training can give each record's image: resized at the envelope's
+    scale, or, when crops or zoom-outs change the aspect (``geometric``), the envelope's bound
+    for the record's orientation (short x long or long x short; a square image may give either)."""
+    if not geometric:
+        return [envelope.output_size(r.height, r.width) for r in records]
+    short, long = envelope.shortest, envelope.longest
+    return [(long, short) if r.height > r.width else (short, long) for r in records]
+
+
+def check_canvases(cfg: TrainConfig, canvases, sizes: list[tuple[int, int]], envelope) -> None:
+    """Every training image must fit a canvas (one of its orientation's with --pad-canvases auto)."""
+    if not canvases or not sizes:
+        return
+    too_big = [(h, w) for h, w in sizes if not any(ch >= h and cw >= w for ch, cw in canvases)]
+    if too_big:
+        h, w = max(too_big, key=lambda s: s[0] * s[1])
+        raise UserError(f"--pad-size {' '.join(map(str, cfg.pad_size or []))}: the canvas {canvases[0][0]}x"
+                        f"{canvases[0][1]} is smaller than a training image of {h}x{w} (resize short "
+                        f"{envelope.shortest} / long {envelope.longest}, augmentation included); use a canvas of at "
+                        f"least {max(s[0] for s in sizes)}x{max(s[1] for s in sizes)} or drop --pad-size")
 
 
 def compilations(model: torch.nn.Module) -> int:
@@ -107,18 +132,19 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
                                                        categories=train_index.categories, hf_dataset=cfg.hf_dataset)
     categories = train_index.categories
     bundle = warm_start_bundle(cfg, categories) if cfg.use_ckpt else build_model(cfg.model, categories.id2label)
+    bundle.resize = bundle.resize.with_image_size(cfg.image_size)  # saved in the checkpoint with the model
+    augment = cfg.augment_spec(bundle.resize)
+    envelope = augment.envelope(bundle.resize)
 
     counts = train_index.object_counts()
     buckets = compute_buckets(counts, cfg.num_buckets)
     if buckets and val_index is not None and len(val_index):
         buckets[-1] = max(buckets[-1], int(val_index.object_counts().max()))
-    canvases = canvases_for(cfg, bundle.resize)
+    canvases = canvases_for(cfg, envelope)
     if buckets:
         print(f"object buckets: {buckets}")
     resized = [bundle.resize.output_size(r.height, r.width) for r in train_index.records]
-    if canvases and any(h > max(c[0] for c in canvases) or w > max(c[1] for c in canvases) for h, w in resized):
-        raise UserError(f"--pad-size {cfg.pad_size}: smaller than the resized images (up to "
-                        f"{bundle.resize.longest} px); use a larger canvas or drop --pad-size")
+    check_canvases(cfg, canvases, largest_sizes(train_index.records, envelope, augment.geometric), envelope)
     collator = Collator(bundle.resize.mean, bundle.resize.std, canvases=canvases, buckets=buckets)
     val_collator = Collator(bundle.resize.mean, bundle.resize.std, canvases=canvases, buckets=buckets,
                             fill_to=cfg.batch_size if cfg.pad else None)
@@ -129,7 +155,7 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
         bundle.model.model.compile(dynamic=False)
     data = DetectionData(train_index, val_index, bundle.resize, cfg.batch_size,
                          0 if cfg.deterministic else cfg.num_workers, collator, val_collator, seed=cfg.seed,
-                         shuffle=True, drop_last=cfg.pad, pin_memory=torch.cuda.is_available(), hflip=cfg.hflip,
+                         shuffle=True, drop_last=cfg.pad, pin_memory=torch.cuda.is_available(), augment=augment,
                          shape_batches=not canvases or len(canvases) > 1)  # not when one canvas fits all
     if canvases:
         pad_fraction = padded_pixel_fraction(resized, canvases)
@@ -200,6 +226,8 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
         "wall_seconds": round(time.perf_counter() - started, 1),
         "buckets": buckets,
         "canvases": canvases,
+        "resize": [bundle.resize.shortest, bundle.resize.longest],
+        "augment": dataclasses.asdict(augment),  # the preset with the knobs given, as trained
         "padded_pixel_fraction": round(pad_fraction, 4),
         "padded_pixel_fraction_square": round(padded_pixel_fraction(resized, [bundle.resize.max_canvas]), 4)
         if canvases else None,

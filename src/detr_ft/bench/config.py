@@ -17,6 +17,7 @@ DETR_LONG_OVER_SHORT = 1333 / 800  # DETR's resize: short side 800, long side at
 GRAD_CLIP = TrainConfig.grad_clip  # detr-ft train's default, the original example's 0.1
 THRESHOLD = 0.5
 HIGHER_IS_BETTER = {"images/s"}
+AUGMENT_PRESETS = ("none", "flip", "detr", "strong")  # detr-ft train's --augment (data/augment.py)
 
 
 @dataclass
@@ -27,6 +28,8 @@ class BenchConfig:
                 benchmark keeps DETR's proportions at that scale: short side
                 min(H, W), long side max(H, W) (or short x 1333/800 when square).
     images:     size of the synthetic training set (ignored with ``data_dir``).
+    augment:    the training augmentation (``--augment`` of train) of the data benchmarks, on both
+                sides (the stock side with albumentations, as transformers' example does).
     source_size: long side of the synthetic images (default: the resize's long side,
                 so resizing costs little; real photos are larger).
     """
@@ -50,6 +53,7 @@ class BenchConfig:
     memory: bool = True
     threads: int | None = None
     seed: int = 0
+    augment: str = "flip"
 
     def resolved(self) -> "BenchConfig":
         """Defaults filled in (per model) and every value checked; raises ``UserError``."""
@@ -77,6 +81,8 @@ class BenchConfig:
             raise UserError(f"--precision must be fp32 or bf16 (got {self.precision})")
         if self.source_size is not None and not 32 <= self.source_size <= 8192:
             raise UserError(f"--source-size must be between 32 and 8192 px (got {self.source_size})")
+        if self.augment not in AUGMENT_PRESETS:
+            raise UserError(f"--augment {self.augment}: unknown; use one of {', '.join(AUGMENT_PRESETS)}")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads must be at least 1 (got {self.threads})")
         infer = self.infer_images if self.infer_images is not None else max(16, 4 * batch)
@@ -141,5 +147,6 @@ def config_from_args(args) -> BenchConfig:
                       warmup=args.warmup, device=args.device, precision=args.precision, compile=args.compile,
                       channels_last=args.channels_last,
                       data_dir=args.data_dir, images=args.images, source_size=args.source_size,
-                      rounds=args.rounds, workers=workers, memory=args.memory, threads=args.threads)
+                      rounds=args.rounds, workers=workers, memory=args.memory, threads=args.threads,
+                      augment=args.augment)
     return cfg.resolved()

@@ -42,7 +42,7 @@ class StockCocoDetection(Dataset):
     CPPE-5's ids 1..5 and a spare class 0; the same model must serve both sides here).
     """
 
-    def __init__(self, images_dir: Path, ann_file: Path, processor, label_of: dict[int, int]):
+    def __init__(self, images_dir: Path, ann_file: Path, processor, label_of: dict[int, int], transform=None):
         from pycocotools.coco import COCO
 
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
@@ -51,6 +51,7 @@ class StockCocoDetection(Dataset):
         self.images_dir = Path(images_dir)
         self.processor = processor
         self.label_of = label_of
+        self.transform = transform  # albumentations (``stock_augmentation``), or None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -62,9 +63,65 @@ class StockCocoDetection(Dataset):
         image = Image.open(self.images_dir / self.coco.loadImgs(image_id)[0]["file_name"]).convert("RGB")
         anns = [dict(a, category_id=self.label_of[a["category_id"]])
                 for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id))]
+        resize = {}
+        if self.transform is not None:  # as transformers' example: albumentations, then the processor
+            out = self.transform(image=np.asarray(image), bboxes=[a["bbox"] for a in anns], idx=list(range(len(anns))))
+            image = out["image"]
+            anns = [dict(anns[int(i)], bbox=[float(v) for v in b], area=float(b[2] * b[3]))
+                    for i, b in zip(out["idx"], out["bboxes"])]
+            if self.transform.scales:  # multi-scale: the processor's resize at a drawn short side
+                resize = {"size": {"shortest_edge": int(np.random.randint(self.transform.scales[0],
+                                                                          self.transform.scales[1] + 1)),
+                                   "longest_edge": self.transform.longest}}
         encoding = self.processor(images=image, annotations={"image_id": image_id, "annotations": anns},
-                                  return_tensors="pt")
+                                  return_tensors="pt", **resize)
         return encoding["pixel_values"].squeeze(0), encoding["labels"][0]
+
+
+def stock_augmentation(spec, resize):
+    """albumentations doing what ``spec`` (an ``AugmentSpec``) does, for the stock side of ``bench
+    --what data`` (None when ``spec`` does nothing): flip, crop from the borders (sides 1 to
+    crop_min of the image's), zoom-out as an affine shrink and colour jitter, boxes dropped below
+    ``min_visibility``; the multi-scale short side is the processor's resize, per call (``scales``)."""
+    if not spec.geometric and not spec.scales and not spec.photometric:
+        return StockFlip(spec.hflip) if spec.hflip else None
+    try:
+        import albumentations as A
+    except ImportError:
+        from detr_ft.errors import UserError
+
+        raise UserError("bench --augment: the stock side augments with albumentations, as transformers' example "
+                        "does; pip install 'detr-ft[albumentations]' (or use --augment none)") from None
+    steps = [A.HorizontalFlip(p=spec.hflip)]
+    if spec.zoom_out:
+        steps.append(A.Affine(scale=(1 / spec.zoom_out_max, 1.0), p=spec.zoom_out))
+    if spec.crop:
+        side = (1 - spec.crop_min) / 2
+        steps.append(A.RandomCropFromBorders(crop_left=side, crop_right=side, crop_top=side, crop_bottom=side,
+                                             p=spec.crop))
+    if spec.photometric:
+        b, c, s, h = spec.jitter
+        steps.append(A.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h, p=spec.photometric))
+    compose = A.Compose(steps, bbox_params=A.BboxParams(format="coco", label_fields=["idx"], clip=True,
+                                                        min_visibility=spec.min_visibility))
+    compose.scales, compose.longest = spec.scales, spec.envelope(resize).longest  # for the processor's resize
+    return compose
+
+
+class StockFlip:
+    """A horizontal flip with albumentations' call signature (``--augment flip`` needs no albumentations)."""
+
+    scales = None
+
+    def __init__(self, p: float):
+        self.p = p
+        self.rng = np.random.default_rng()
+
+    def __call__(self, image: np.ndarray, bboxes: list, idx: list) -> dict:
+        if self.rng.random() >= self.p:
+            return {"image": image, "bboxes": bboxes, "idx": idx}
+        width = image.shape[1]
+        return {"image": image[:, ::-1], "bboxes": [[width - x - w, y, w, h] for x, y, w, h in bboxes], "idx": idx}
 
 
 def stock_pad(processor, pixel_values: list[torch.Tensor], canvas: tuple[int, int] | None):

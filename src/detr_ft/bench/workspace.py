@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader
 
 from detr_ft.bench.config import BenchConfig
 from detr_ft.bench.models import bench_model
-from detr_ft.bench.stock import StockCocoDetection, StockCollate, stock_buckets, stock_processor
+from detr_ft.bench.stock import (StockCocoDetection, StockCollate, stock_augmentation, stock_buckets,
+                                 stock_processor)
 from detr_ft.errors import UserError
 
 
@@ -45,8 +46,12 @@ class Workspace:
         self.label_of = {cid: i for i, cid in enumerate(self.categories.ids)}
         self.ann_file = self.data_dir / "annotations" / "train.json"
         self.images_dir = self.data_dir / "images"
-        self.auto_canvases = self.resize.orientation_canvases
-        self.square_canvas = self.resize.max_canvas
+        from detr_ft.data.augment import augment_spec
+
+        self.augment = augment_spec(cfg.augment, self.resize)
+        envelope = self.augment.envelope(self.resize)  # the preset's scales stay within the resize
+        self.auto_canvases = envelope.orientation_canvases
+        self.square_canvas = envelope.max_canvas
 
     @functools.cached_property
     def processor(self):
@@ -89,12 +94,13 @@ class Workspace:
         collator = Collator(self.resize.mean, self.resize.std, canvases=self.auto_canvases, buckets=self.buckets[0])
         data = DetectionData(self.index, None, self.resize, self.cfg.batch_size, workers, collator,
                              seed=self.cfg.seed, shuffle=True, drop_last=drop_last,
-                             pin_memory=torch.cuda.is_available(), shape_batches=True)
+                             pin_memory=torch.cuda.is_available(), shape_batches=True, augment=self.augment)
         return data
 
     def stock_loader(self, workers: int, drop_last: bool) -> DataLoader:
         """The original's loader, shuffled: processor per sample, square canvas, bucket padding."""
-        dataset = StockCocoDetection(self.images_dir, self.ann_file, self.processor, self.label_of)
+        dataset = StockCocoDetection(self.images_dir, self.ann_file, self.processor, self.label_of,
+                                     stock_augmentation(self.augment, self.resize))
         collate = StockCollate(self.processor, self.square_canvas, self.buckets[1], len(self.categories))
         generator = torch.Generator().manual_seed(self.cfg.seed)
         return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=True, drop_last=drop_last,

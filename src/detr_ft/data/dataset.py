@@ -6,10 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from detr_ft.data.coco import CocoIndex
-from detr_ft.data.transforms import ResizeSpec, hflip, resized_tensor, xywh_to_cxcywh_norm
+from detr_ft.data.augment import AugmentSpec
+from detr_ft.devices import one_cpu_thread
+from detr_ft.data.transforms import ResizeSpec, resized_tensor, xywh_to_cxcywh_norm
 
 
 @dataclass
@@ -32,22 +34,23 @@ class Sample:
 
 class DetectionDataset(Dataset):
     """Lazy image loading over a ``CocoIndex`` (``index.load_image``: files, or a 🤗 datasets
-    table); random horizontal flip (probability ``hflip``) when ``train``."""
+    table); when ``train``, the augmentation ``augment`` (default: a horizontal flip with
+    probability ``hflip``; ``data/augment.py``)."""
 
     def __init__(self, index: CocoIndex, resize_spec: ResizeSpec, train: bool = False, seed: int = 0,
-                 hflip: float = 0.5):
+                 hflip: float = 0.5, augment: AugmentSpec | None = None):
         self.index = index
         self.resize_spec = resize_spec
         self.train = train
-        self.hflip = hflip
+        self.augment = augment if augment is not None else AugmentSpec(hflip=hflip)
         self.seed = seed
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, key) -> Sample:
-        """``key`` is an index, or ``(index, epoch)`` from an ``EpochSampler``: the random
-        flip depends on (seed, epoch, index) only, reproducible with any worker count."""
+        """``key`` is an index, or ``(index, epoch)`` from an ``EpochSampler``: the augmentation
+        depends on (seed, epoch, index) only, reproducible with any worker count."""
         i, epoch = key if isinstance(key, tuple) else (key, 0)
         record = self.index.records[i]
         image = self.index.load_image(record)
@@ -55,9 +58,13 @@ class DetectionDataset(Dataset):
         # size the JSON gives; normalised, they fit the decoded image at any scale.
         boxes = xywh_to_cxcywh_norm(record.boxes, record.width, record.height)
         orig_size = (image.height, image.width)
-        pixels = resized_tensor(image, self.resize_spec)
+        labels = record.labels
         if self.train:
             rng = np.random.default_rng((self.seed, epoch, i))
-            if rng.random() < self.hflip:
-                pixels, boxes = hflip(pixels, boxes)
-        return Sample(pixels, torch.from_numpy(boxes), torch.from_numpy(record.labels), record.image_id, orig_size)
+            # one thread: small ops, and in the main process (--num-workers 0) the model's threads share the
+            # cores (a 2-thread colour map took 149 ms against 9 ms on one on a busy 2-core machine)
+            with one_cpu_thread(get_worker_info() is None):
+                pixels, boxes, labels = self.augment.apply(image, boxes, labels, rng, self.resize_spec)
+        else:
+            pixels = resized_tensor(image, self.resize_spec)
+        return Sample(pixels, torch.from_numpy(boxes), torch.from_numpy(labels), record.image_id, orig_size)

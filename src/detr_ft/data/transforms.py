@@ -7,7 +7,7 @@ leaves unchanged and a horizontal flip maps to (1 - cx, cy, w, h).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,30 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ORIENTATION_TAG = 0x0112  # EXIF orientation
 
 
+MIN_IMAGE_SIDE = 32  # the smallest resize detr-ft accepts (a DETR backbone downsamples 32x)
+
+
+def resize_output_size(height: int, width: int, shortest: int, longest: int) -> tuple[int, int]:
+    """(height, width) after resizing the short side to ``shortest`` with the long side at most
+    ``longest``: transformers' ``get_size_with_aspect_ratio`` (what DETR's image processor and
+    ``pipeline()`` use; the same in transformers 4.57 and 5), the long side then capped at
+    ``longest``. The cap matters only where transformers keeps an image as it is because its short
+    side already equals the (capped, rounded) target while its long side exceeds ``longest`` by
+    up to 5 % (10 x 200 with 128/192 stays 10 x 200 there; here 10 x 192)."""
+    short, long = float(min(height, width)), float(max(height, width))
+    size, raw = shortest, None
+    if long / short * size > longest:
+        raw = longest * short / long
+        size = int(round(raw))
+    if (height <= width and height == size) or (width <= height and width == size):
+        oh, ow = height, width
+    elif width < height:
+        oh, ow = int((raw if raw is not None else size) * height / width), size
+    else:
+        oh, ow = size, int((raw if raw is not None else size) * width / height)
+    return (min(oh, longest), ow) if oh > ow else (oh, min(ow, longest))
+
+
 @dataclass(frozen=True)
 class ResizeSpec:
     """The model's resize rule: short side to ``shortest``, long side at most ``longest``."""
@@ -34,16 +58,21 @@ class ResizeSpec:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """(height, width) after resizing, by the rule DETR's image processor uses."""
-        short, long = min(height, width), max(height, width)
-        target = self.shortest
-        if long / short * target > self.longest:
-            target = int(round(self.longest * short / long))
-        if short == target:
-            return height, width
-        if width < height:
-            return int(target * height / width), target
-        return target, int(target * width / height)
+        """(height, width) after resizing: transformers' rule, never above ``longest``."""
+        return resize_output_size(height, width, self.shortest, self.longest)
+
+    def with_image_size(self, image_size) -> "ResizeSpec":
+        """This rule at ``--image-size SHORT [LONG]`` (None: unchanged); LONG defaults to SHORT times
+        this rule's long/short ratio. Bad sizes raise ``UserError``."""
+        if not image_size:
+            return self
+        sizes = [int(v) for v in image_size]
+        if len(sizes) not in (1, 2) or min(sizes) < MIN_IMAGE_SIDE or (len(sizes) == 2 and sizes[1] < sizes[0]):
+            raise UserError(f"--image-size takes SHORT [LONG], each at least {MIN_IMAGE_SIDE} px and LONG >= SHORT "
+                            f"(got {' '.join(map(str, image_size))})")
+        short = sizes[0]
+        long = sizes[1] if len(sizes) == 2 else int(round(short * self.longest / self.shortest))
+        return replace(self, shortest=short, longest=long)
 
     @property
     def max_canvas(self) -> tuple[int, int]:
