@@ -63,6 +63,16 @@ def add_inference_autocast(p) -> None:
                         "(AVX-512 BF16, AMX); scores and boxes move by bf16 rounding")
 
 
+def threshold_arg(value: str):
+    """--threshold: a score, or "auto" (the per-class thresholds)."""
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 or 'auto', got {value!r}") from None
+
+
 def add_train_args(p: argparse.ArgumentParser) -> None:
     b = argparse.BooleanOptionalAction
     d = TrainConfig()
@@ -161,6 +171,9 @@ def build_parser() -> Parser:
     ev.add_argument("--num-workers", type=int, default=0, help="data-loading processes (default 0: none)")
     ev.add_argument("--device", choices=DEVICES, default="auto")
     ev.add_argument("--on-bad-data", choices=["error", "skip"], default="error")
+    ev.add_argument("--bootstrap", type=int, default=None, metavar="N",
+                    help="resamples of the images for 95 %% intervals of mAP and mAP50 (default: 200 for splits "
+                         "under 500 images, else 0; 0: off)")
     add_channels_last(ev)
     add_inference_autocast(ev)
     add_common(ev)
@@ -172,7 +185,10 @@ def build_parser() -> Parser:
     src.add_argument("--data-dir", default=None)
     src.add_argument("--hf-dataset", metavar="NAME_OR_PATH", help="a 🤗 datasets dataset instead of --data-dir")
     pr.add_argument("--split", default="test")
-    pr.add_argument("--threshold", type=float, default=0.5)
+    pr.add_argument("--threshold", type=threshold_arg, default=0.5,
+                    help="score threshold, or 'auto': each class's F1-optimal threshold (see --thresholds)")
+    pr.add_argument("--thresholds", metavar="JSON", help="metrics.json of eval or train (or an export's config.json) "
+                    "with per-class thresholds (default: beside the checkpoint)")
     pr.add_argument("--max-inf-frames", type=int, default=0, help="at most N images (0: all)")
     pr.add_argument("--batch-size", type=int, default=8)
     pr.add_argument("--device", choices=DEVICES, default="auto")
@@ -194,6 +210,8 @@ def build_parser() -> Parser:
     ex = sub.add_parser("export", help="write a Hugging Face model directory")
     ex.add_argument("--ckpt-path", required=True)
     ex.add_argument("--out", required=True)
+    ex.add_argument("--thresholds", metavar="JSON", help="metrics.json whose per-class thresholds go into the "
+                    "exported config (default: the metrics.json beside the checkpoint, if it has them)")
     add_common(ex)
 
     demo = sub.add_parser("demo", help="synthetic data -> train -> eval -> predict, offline")
@@ -391,17 +409,20 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
         if args.num_workers < 0:
             raise UserError(f"--num-workers must be 0 or more (got {args.num_workers})")
+        if args.bootstrap is not None and args.bootstrap < 0:
+            raise UserError(f"--bootstrap must be 0 (off) or a number of resamples (got {args.bootstrap})")
         run_eval(args.ckpt_path, args.data_dir, out, args.split, args.batch_size, args.num_workers,
                  device=args.device, on_bad_data=args.on_bad_data, hf_dataset=args.hf_dataset,
-                 channels_last=args.channels_last, autocast=args.autocast)
-        print(f"\nmetrics: {out / 'metrics.json'}\ndetections: {out / 'detections.json'}")
+                 channels_last=args.channels_last, autocast=args.autocast, bootstrap=args.bootstrap)
+        print(f"\nmetrics: {out / 'metrics.json'}\ndetections: {out / 'detections.json'}\n"
+              f"report: {out / 'report.html'}")
         return 0
     if args.command == "predict":
         return cmd_predict(args, out)
     if args.command == "export":
         from detr_ft.export import export
 
-        path = export(args.ckpt_path, Path(args.out))
+        path = export(args.ckpt_path, Path(args.out), thresholds_file=args.thresholds)
         print(f"exported a Hugging Face model directory to {path}")
         return 0
     if args.command == "demo":
@@ -450,7 +471,7 @@ def cmd_predict(args: argparse.Namespace, out: Path) -> int:
                           threshold=args.threshold, max_inf_frames=args.max_inf_frames,
                           batch_size=args.batch_size, device=args.device, pad=args.pad, hf_dataset=args.hf_dataset,
                           cuda_graphs=args.cuda_graphs, channels_last=args.channels_last, autocast=args.autocast,
-                          on_bad_data=args.on_bad_data)
+                          on_bad_data=args.on_bad_data, thresholds_file=args.thresholds)
     print_summary("predict", out, {k: summary[k] for k in ("images", "detections", "annotated",
                                                            "detections_json")})
     return 0

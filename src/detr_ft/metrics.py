@@ -64,10 +64,12 @@ def coco_metrics(gt: dict, results: list[dict], categories: Categories) -> dict:
 
 def format_table(metrics: dict) -> str:
     """A plain-text table of the summary metrics and per-class AP."""
-    lines = [f"{'metric':<14}{'value':>8}"]
+    boot = metrics.get("bootstrap") or {}
+    lines = [f"{'metric':<14}{'value':>8}" + (f"  {int(100 * boot['level'])} % interval (bootstrap)" if boot else "")]
     for k in METRIC_NAMES:
         if k in metrics:
-            lines.append(f"{k:<14}{metrics[k]:>8.4f}")
+            interval = f"  [{boot[k][0]:.4f}, {boot[k][1]:.4f}]" if boot.get(k) else ""
+            lines.append(f"{k:<14}{metrics[k]:>8.4f}{interval}")
     if metrics.get("per_class"):
         lines.append("")
         lines.append(f"{'class':<14}{'AP':>8}")
