@@ -99,8 +99,9 @@ class Detector:
     def detect_samples(self, samples: list[Sample], threshold: float | str = 0.0) -> list[Detections]:
         """Detections at a score ``threshold``, or "auto": each class's own (``self.thresholds``)."""
         per_class = self.class_thresholds() if threshold == "auto" else None
-        floor = min(per_class) if per_class else threshold
-        dets = self.detect_batch(self.collator(samples).ready(self.device, non_blocking=True), floor)
+        # per class: score >= its threshold (a threshold is a detection's score), so none dropped before
+        dets = self.detect_batch(self.collator(samples).ready(self.device, non_blocking=True),
+                                 0.0 if per_class else threshold)
         return [keep_above(d, per_class) for d in dets] if per_class else dets
 
     def class_thresholds(self) -> list[float]:
