@@ -165,3 +165,11 @@ def test_bootstrap_contains_the_estimate_and_shrinks_with_more_images():
         widths.append(iv["map_50"][1] - iv["map_50"][0])
     assert widths[1] < 0.6 * widths[0]  # ~ 1/sqrt(10) in theory
     assert bootstrap_intervals(gt, results, CATS, resamples=0) is None
+
+
+def test_bootstrap_default_is_on_for_small_sets_and_bounded():
+    from detr_ft.analysis.bootstrap import default_resamples
+
+    assert default_resamples(29) == 200 and default_resamples(100) == 200
+    assert default_resamples(200) == 100 and default_resamples(499) == 50  # fewer where each costs more
+    assert default_resamples(500) == 0 and default_resamples(5000) == 0

@@ -109,6 +109,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-inf-frames", type=int, default=d.max_inf_frames,
                    help="how many validation images to annotate after training")
     g.add_argument("--train-only", action=b, default=d.train_only, help="no validation, no sample predictions")
+    g.add_argument("--bootstrap", type=int, default=d.bootstrap, metavar="N",
+                   help="resamples for the final validation's 95 %% intervals (default: 200 for splits under "
+                        "500 images, else 0; 0: off)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=d.lr)
     g.add_argument("--lr-backbone", type=float, default=d.lr_backbone)

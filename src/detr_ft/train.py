@@ -218,7 +218,8 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
             from detr_ft.analysis.bootstrap import default_resamples
 
             summary = analyse(out, module.val_ground_truth, module.last_val_results, categories, summary,
-                              index=val_index, bootstrap=default_resamples(len(val_index)),
+                              index=val_index,
+                              bootstrap=default_resamples(len(val_index)) if cfg.bootstrap is None else cfg.bootstrap,
                               title="detr-ft train: final validation")
         (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     return trainer, module, summary

@@ -7,15 +7,23 @@ its boxes and detections) are scored by the project's evaluator; the interval is
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 DEFAULT_RESAMPLES = 200
 AUTO_BELOW_IMAGES = 500  # --bootstrap's default is on for test sets smaller than this
+IMAGE_BUDGET = 20_000  # images evaluated over all resamples by default (about a minute on 2 CPU cores)
+MIN_RESAMPLES = 50
 
 
 def default_resamples(num_images: int) -> int:
-    """--bootstrap's default: DEFAULT_RESAMPLES for sets under AUTO_BELOW_IMAGES images, else 0 (off)."""
-    return DEFAULT_RESAMPLES if num_images < AUTO_BELOW_IMAGES else 0
+    """--bootstrap's default: off (0) from AUTO_BELOW_IMAGES images up; below, DEFAULT_RESAMPLES,
+    fewer (not under MIN_RESAMPLES) where they would evaluate more than IMAGE_BUDGET images
+    (200 resamples up to 100 images, 100 at 200, 50 from 400)."""
+    if num_images >= AUTO_BELOW_IMAGES:
+        return 0
+    return max(MIN_RESAMPLES, min(DEFAULT_RESAMPLES, IMAGE_BUDGET // max(1, num_images)))
 
 
 def resample(gt: dict, by_image: dict[int, list[dict]], draw: np.ndarray) -> tuple[dict, list[dict]]:
@@ -35,7 +43,7 @@ def resample(gt: dict, by_image: dict[int, list[dict]], draw: np.ndarray) -> tup
 
 def bootstrap_intervals(gt: dict, results: list[dict], categories, resamples: int, seed: int = 0,
                         level: float = 0.95) -> dict | None:
-    """{"resamples", "level", "seed", "map": [lo, hi], "map_50": [lo, hi]}; None when ``resamples`` is 0
+    """{"resamples", "level", "seed", "seconds", "map": [lo, hi], "map_50": [lo, hi]}; None when ``resamples`` is 0
     or there are no images."""
     from detr_ft.metrics import coco_metrics
 
@@ -45,6 +53,7 @@ def bootstrap_intervals(gt: dict, results: list[dict], categories, resamples: in
     by_image: dict[int, list[dict]] = {}
     for r in results:
         by_image.setdefault(r["image_id"], []).append(r)
+    started = time.perf_counter()
     rng = np.random.default_rng(seed)
     values = {"map": [], "map_50": []}
     for _ in range(resamples):
@@ -52,7 +61,7 @@ def bootstrap_intervals(gt: dict, results: list[dict], categories, resamples: in
         for k in values:
             values[k].append(m[k])
     tail = 100 * (1 - level) / 2
-    out = {"resamples": resamples, "level": level, "seed": seed}
+    out = {"resamples": resamples, "level": level, "seed": seed, "seconds": round(time.perf_counter() - started, 2)}
     for k, v in values.items():
         v = np.asarray(v, dtype=float)
         v = v[v >= 0]  # a resample without any ground truth has no mAP (-1)
