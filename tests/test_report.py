@@ -139,3 +139,28 @@ def test_threshold_auto_in_detector_predict_and_export(trained_run, synthetic_di
                  "--threshold", "auto", "--output-dir", str(tmp_path / "p2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--threshold auto" in err[0] and "detr-ft eval" in err[0]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["eval", "--bootstrap", "-1"], "--bootstrap"),
+    (["predict", "--threshold", "often"], "--threshold"),
+    (["predict", "--threshold", "auto", "--thresholds", "{missing}"], "missing.json: file not found"),
+    (["predict", "--threshold", "auto", "--thresholds", "{bad}"], "not valid JSON"),
+    (["export", "--thresholds", "{empty}", "--out", "{out}"], "has no per-class thresholds"),
+])
+def test_threshold_and_bootstrap_mistakes_exit_2_with_one_line(argv, needle, trained_run, synthetic_dir, tmp_path,
+                                                               capsys):
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "empty.json").write_text("{}")
+    paths = {"missing": tmp_path / "missing.json", "bad": tmp_path / "bad.json", "empty": tmp_path / "empty.json",
+             "out": tmp_path / "export"}
+    argv = [a.format(**paths) for a in argv]
+    where = ["--images", str(next((synthetic_dir / "images").iterdir()))] if argv[0] == "predict" else \
+        ["--data-dir", str(synthetic_dir)] if argv[0] == "eval" else []
+    try:
+        code = main([argv[0], "--ckpt-path", str(trained_run / "last.ckpt"), *where, *argv[1:],
+                     "--output-dir", str(tmp_path / "o")])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err

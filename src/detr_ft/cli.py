@@ -402,8 +402,13 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         summary = run_train(cfg)
         if summary is None:  # another process of a multi-process run: rank 0 reports
             return 0
-        print_summary("train", out, {k: summary.get(k) for k in ("map", "map_50", "images_per_second", "epochs",
-                                                                  "steps", "buckets", "recompiles")})
+        boot = summary.get("bootstrap") or {}
+        print_summary("train", out, {**{k: summary.get(k) for k in ("map", "map_50")},
+                                     **{f"{k} 95% interval": f"[{boot[k][0]:.4f}, {boot[k][1]:.4f}]"
+                                        for k in ("map", "map_50") if boot.get(k)},
+                                     **{k: summary.get(k) for k in ("images_per_second", "epochs", "steps", "buckets",
+                                                                    "recompiles")},
+                                     "report": out / "report.html" if (out / "report.html").is_file() else None})
         return 0
     if args.command == "eval":
         from detr_ft.evaluate import run_eval
