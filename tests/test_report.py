@@ -60,16 +60,17 @@ def find_browser() -> str | None:
     return next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
 
 
-def load_in_browser(page: Path) -> tuple[str, list[str]]:
-    """(the DOM after load, the console messages) of ``page`` in headless Chromium."""
+def load_in_browser(page: Path, profile: Path) -> tuple[str, list[str]]:
+    """(the DOM after load, the console messages) of ``page`` in headless Chromium (its profile in ``profile``)."""
     browser = find_browser()
     if browser is None:
         pytest.skip("no Chromium to test report.html in: install it (apt-get install chromium); "
                     f"looked for {', '.join(BROWSERS)} on PATH")
     run = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                           "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
-                          f"--user-data-dir={page.parent / '.chromium-profile'}", "--dump-dom", page.as_uri()],
+                          f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
                          capture_output=True, text=True, timeout=90)
+    assert "<html" in run.stdout, f"{browser} gave no page (exit {run.returncode}): {run.stderr[-2000:]}"
     console = [line for line in run.stderr.splitlines() if ":CONSOLE" in line]
     return run.stdout, console
 
@@ -77,16 +78,16 @@ def load_in_browser(page: Path) -> tuple[str, list[str]]:
 @pytest.mark.parametrize("source", ["eval", "train"])
 def test_report_loads_in_a_browser_with_every_image(source, evaluated, trained_run, tmp_path):
     out = evaluated[0] if source == "eval" else trained_run
-    dom, console = load_in_browser(out / "report.html")
+    dom, console = load_in_browser(out / "report.html", tmp_path / "profile")
     assert console == []  # the page logs nothing unless something failed
     assert 'data-images="ok"' in dom, dom[:300]
     images = dom.count("<img ")
     assert images >= (5 if source == "train" else 4)  # charts (+ training curves) + gallery
     # the check really checks: the same page with one image gone
     broken = tmp_path / "broken"
-    shutil.copytree(out, broken, ignore=shutil.ignore_patterns("*.ckpt", ".chromium-profile"))
+    shutil.copytree(out, broken, ignore=shutil.ignore_patterns("*.ckpt"))
     (broken / "pr_curves.png").unlink()
-    dom, console = load_in_browser(broken / "report.html")
+    dom, console = load_in_browser(broken / "report.html", tmp_path / "profile")
     assert 'data-images="failed"' in dom and any("pr_curves.png" in line for line in console)
 
 
