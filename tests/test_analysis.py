@@ -173,3 +173,28 @@ def test_bootstrap_default_is_on_for_small_sets_and_bounded():
     assert default_resamples(29) == 200 and default_resamples(100) == 200
     assert default_resamples(200) == 100 and default_resamples(499) == 50  # fewer where each costs more
     assert default_resamples(500) == 0 and default_resamples(5000) == 0
+
+
+def test_load_thresholds_finds_them_where_eval_train_and_export_put_them(tmp_path):
+    import json
+
+    from detr_ft.errors import UserError
+    from detr_ft.thresholds import load_thresholds
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.ckpt").write_bytes(b"")
+    assert load_thresholds(run / "last.ckpt") is None  # nothing beside it
+    (run / "metrics.json").write_text(json.dumps({"thresholds": {"7": {"threshold": 0.3, "name": "b"}}}))
+    assert load_thresholds(run / "last.ckpt") == {7: 0.3}  # train's metrics.json beside the checkpoint
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "config.json").write_text(json.dumps({"detr_ft_thresholds": {"3": 0.25, "9": 0.6}}))
+    assert load_thresholds(export) == {3: 0.25, 9: 0.6}  # an exported model directory
+    assert load_thresholds(export, run / "metrics.json") == {7: 0.3}  # an explicit file wins
+    (tmp_path / "other.json").write_text(json.dumps({"map": 0.5}))
+    with pytest.raises(UserError, match="no per-class thresholds"):
+        load_thresholds(export, tmp_path / "other.json")
+    (tmp_path / "broken.json").write_text(json.dumps({"thresholds": {"x": {}}}))
+    with pytest.raises(UserError, match="malformed"):
+        load_thresholds(export, tmp_path / "broken.json")
