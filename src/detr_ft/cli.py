@@ -110,8 +110,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="how many validation images to annotate after training")
     g.add_argument("--train-only", action=b, default=d.train_only, help="no validation, no sample predictions")
     g.add_argument("--bootstrap", type=int, default=d.bootstrap, metavar="N",
-                   help="resamples for the final validation's 95 %% intervals (default: 200 for splits under "
-                        "500 images, else 0; 0: off)")
+                   help="resamples for the final validation's 95 %% intervals (default: 200 up to 100 images, "
+                        "fewer up to 499 (at least 50), none from 500; 0: off)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=d.lr)
     g.add_argument("--lr-backbone", type=float, default=d.lr_backbone)
@@ -175,8 +175,8 @@ def build_parser() -> Parser:
     ev.add_argument("--device", choices=DEVICES, default="auto")
     ev.add_argument("--on-bad-data", choices=["error", "skip"], default="error")
     ev.add_argument("--bootstrap", type=int, default=None, metavar="N",
-                    help="resamples of the images for 95 %% intervals of mAP and mAP50 (default: 200 for splits "
-                         "under 500 images, else 0; 0: off)")
+                    help="resamples of the images for 95 %% intervals of mAP and mAP50 (default: 200 up to 100 "
+                         "images, fewer up to 499 (at least 50), none from 500; 0: off)")
     add_channels_last(ev)
     add_inference_autocast(ev)
     add_common(ev)
