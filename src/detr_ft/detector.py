@@ -105,7 +105,8 @@ class Detector:
         return [keep_above(d, per_class) for d in dets] if per_class else dets
 
     def class_thresholds(self) -> list[float]:
-        """The score threshold of each class in label order; a ``UserError`` saying how to get them if there are none."""
+        """The score threshold of each class in label order; where there are none, a ``UserError``
+        saying how to get them."""
         from detr_ft.thresholds import for_classes, require
 
         return for_classes(require(self.thresholds, self.source), self.categories.ids)

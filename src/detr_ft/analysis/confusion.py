@@ -100,6 +100,7 @@ def plot_confusion(counts: np.ndarray, labels: list[str], out_png, note: str = "
         ax.set_title(f"confusion at IoU 0.5, {title}")
     if note:
         fig.suptitle(note, fontsize=9)
-    fig.subplots_adjust(left=0.12, right=0.98, bottom=0.2, top=0.86, wspace=0.35)  # fixed margins: tight_layout costs a second
+    # fixed margins: tight_layout costs a second
+    fig.subplots_adjust(left=0.12, right=0.98, bottom=0.2, top=0.86, wspace=0.35)
     fig.savefig(out_png, dpi=100)
     plt.close(fig)

@@ -119,6 +119,6 @@ def plot_pr_curves(curves: dict[int, ClassCurve], names: dict[int, str], out_png
     ax.set_title("precision-recall at IoU 0.5 (dot: F1-optimal threshold)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
-    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.1, top=0.93)  # fixed margins: tight_layout costs a second
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.1, top=0.93)
     fig.savefig(out_png, dpi=100)
     plt.close(fig)

@@ -112,8 +112,8 @@ def write_gallery(out_dir: Path, index, results: list[dict], thresholds: dict[in
 def write_report(out_dir: Path, metrics: dict, title: str, gallery: list[tuple[str, str]]) -> Path:
     """``out_dir/report.html`` from metrics.json's content and the charts already in ``out_dir``."""
     out_dir = Path(out_dir)
-    parts = [f"<h1>{html.escape(title)}</h1>",
-             f"<p class=note>{metrics.get('images', '')} images; checkpoint {html.escape(str(metrics.get('checkpoint', metrics.get('model', ''))))}</p>",
+    source = html.escape(str(metrics.get("checkpoint", metrics.get("model", ""))))
+    parts = [f"<h1>{html.escape(title)}</h1>", f"<p class=note>{metrics.get('images', '')} images; model {source}</p>",
              "<h2>Metrics</h2>", metrics_table(metrics), "<h2>Per class</h2>", per_class_table(metrics)]
     if (out_dir / "curves.png").is_file():
         parts += ["<h2>Training</h2>", _figure("curves.png", "training loss and validation mAP")]

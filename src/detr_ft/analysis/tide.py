@@ -122,12 +122,12 @@ def plot_breakdown(breakdown: dict, out_png) -> None:
     values = [breakdown["delta_ap"][k] for k in kinds]
     bars = ax.bar(kinds, values, color=["#EE6677", "#CCBB44", "#AA3377", "#66CCEE", "#4477AA", "#228833"])
     for bar, k in zip(bars, kinds):
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{bar.get_height():.1f}\n(n={breakdown['counts'][k]})",
-                ha="center", va="bottom", fontsize=8)
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(),
+                f"{bar.get_height():.1f}\n(n={breakdown['counts'][k]})", ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("mAP50 points gained by fixing")
     ax.set_ylim(0, max(values + [1.0]) * 1.3)
     ax.set_title(f"error breakdown (TIDE-style); mAP50 = {100 * breakdown['base']:.1f}")
     ax.grid(axis="y", alpha=0.3)
-    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.1, top=0.9)  # fixed margins: tight_layout costs a second
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.1, top=0.9)
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
