@@ -198,3 +198,26 @@ def test_load_thresholds_finds_them_where_eval_train_and_export_put_them(tmp_pat
     (tmp_path / "broken.json").write_text(json.dumps({"thresholds": {"x": {}}}))
     with pytest.raises(UserError, match="malformed"):
         load_thresholds(export, tmp_path / "broken.json")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_bootstrap_drops_only_detections_no_resample_can_see(seed):
+    """Each resample scores the same with and without the trailing false positives."""
+    from detr_ft.analysis.bootstrap import resample, without_trailing_false_positives
+
+    rng = np.random.default_rng(20 + seed)
+    gt, results = random_case(rng, 10)
+    for r in results[::3]:  # many low-scoring detections, as real models give
+        results.append({**r, "bbox": [v + 1.5 for v in r["bbox"]], "score": r["score"] / 7})
+    kept = without_trailing_false_positives(gt, results)
+    assert 0 < len(kept) < len(results)
+    full, pruned = {}, {}
+    for r in results:
+        full.setdefault(r["image_id"], []).append(r)
+    for r in kept:
+        pruned.setdefault(r["image_id"], []).append(r)
+    for _ in range(5):
+        draw = rng.integers(0, len(gt["images"]), len(gt["images"]))
+        a = coco_metrics(*resample(gt, full, draw), CATS)
+        b = coco_metrics(*resample(gt, pruned, draw), CATS)
+        assert (a["map"], a["map_50"]) == pytest.approx((b["map"], b["map_50"]), abs=1e-12)

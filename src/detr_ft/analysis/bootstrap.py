@@ -41,6 +41,26 @@ def resample(gt: dict, by_image: dict[int, list[dict]], draw: np.ndarray) -> tup
     return {**gt, "images": images, "annotations": annotations}, results
 
 
+def without_trailing_false_positives(gt: dict, results: list[dict]) -> list[dict]:
+    """``results`` less the detections that no resample's mAP or mAP50 can see: those scored below
+    every detection of their class that overlaps a box of that class at IoU >= 0.5 (the only ones
+    that can be true positives, at any COCO IoU threshold). Each ranks below all true positives of
+    its class in every resample (a detection's match depends on its own image only), where COCO's
+    interpolated precision never looks; results are already capped per image, so no other detection
+    moves into the top 100. The bootstrap's main cost is these detections."""
+    from detr_ft.analysis.matching import box_iou, per_image
+
+    floor: dict[int, float] = {}
+    for im in per_image(gt, results).values():
+        if not len(im.det_scores) or not len(im.gt_classes):
+            continue
+        iou = box_iou(im.det_boxes, im.gt_boxes)
+        hit = ((iou >= 0.5) & (im.det_classes[:, None] == im.gt_classes[None])).any(axis=1)
+        for c, s in zip(im.det_classes[hit].tolist(), im.det_scores[hit].tolist()):
+            floor[c] = min(floor.get(c, s), s)
+    return [r for r in results if r["score"] >= floor.get(r["category_id"], float("inf"))]
+
+
 def bootstrap_intervals(gt: dict, results: list[dict], categories, resamples: int, seed: int = 0,
                         level: float = 0.95) -> dict | None:
     """{"resamples", "level", "seed", "seconds", "map": [lo, hi], "map_50": [lo, hi]}; None when ``resamples`` is 0
@@ -51,7 +71,7 @@ def bootstrap_intervals(gt: dict, results: list[dict], categories, resamples: in
     if resamples <= 0 or n == 0:
         return None
     by_image: dict[int, list[dict]] = {}
-    for r in results:
+    for r in without_trailing_false_positives(gt, results):
         by_image.setdefault(r["image_id"], []).append(r)
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
