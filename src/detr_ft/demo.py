@@ -32,7 +32,7 @@ DEMO_VAL_IMAGES = 200
 DEMO_MODEL = "rtdetr-tiny"
 # Evaluation (with its analysis and report) and prediction after training, and the trainer's own start and end.
 RESERVE_MINUTES = 0.9
-DEMO_BOOTSTRAP = 50  # resamples of the held-out images for the intervals (0.3-0.7 s each here)
+DEMO_BOOTSTRAP = 50  # resamples of the held-out images for the intervals (about 0.2 s each here)
 
 
 def demo_train_config(data_dir: Path, out_dir: Path, minutes: float) -> TrainConfig:
