@@ -56,16 +56,18 @@ def test_train_writes_the_analysis_and_the_report_has_its_curves(trained_run):
     assert 'src="curves.png"' in page and "<script src" not in page and "http" not in page
 
 
-def find_browser() -> str | None:
-    return next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
-
-
-def load_in_browser(page: Path, profile: Path) -> tuple[str, list[str]]:
-    """(the DOM after load, the console messages) of ``page`` in headless Chromium (its profile in ``profile``)."""
-    browser = find_browser()
-    if browser is None:
+@pytest.fixture(scope="session")
+def browser() -> str:
+    """Chromium's path; the test skips, saying why, where there is none (before any other set-up)."""
+    found = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+    if found is None:
         pytest.skip("no Chromium to test report.html in: install it (apt-get install chromium); "
                     f"looked for {', '.join(BROWSERS)} on PATH")
+    return found
+
+
+def load_in_browser(browser: str, page: Path, profile: Path) -> tuple[str, list[str]]:
+    """(the DOM after load, the console messages) of ``page`` in headless Chromium (its profile in ``profile``)."""
     run = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                           "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
                           f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
@@ -76,9 +78,9 @@ def load_in_browser(page: Path, profile: Path) -> tuple[str, list[str]]:
 
 
 @pytest.mark.parametrize("source", ["eval", "train"])
-def test_report_loads_in_a_browser_with_every_image(source, evaluated, trained_run, tmp_path):
+def test_report_loads_in_a_browser_with_every_image(browser, source, evaluated, trained_run, tmp_path):
     out = evaluated[0] if source == "eval" else trained_run
-    dom, console = load_in_browser(out / "report.html", tmp_path / "profile")
+    dom, console = load_in_browser(browser, out / "report.html", tmp_path / "profile")
     assert console == []  # the page logs nothing unless something failed
     assert 'data-images="ok"' in dom, dom[:300]
     images = dom.count("<img ")
@@ -87,7 +89,7 @@ def test_report_loads_in_a_browser_with_every_image(source, evaluated, trained_r
     broken = tmp_path / "broken"
     shutil.copytree(out, broken, ignore=shutil.ignore_patterns("*.ckpt"))
     (broken / "pr_curves.png").unlink()
-    dom, console = load_in_browser(broken / "report.html", tmp_path / "profile")
+    dom, console = load_in_browser(browser, broken / "report.html", tmp_path / "profile")
     assert 'data-images="failed"' in dom and any("pr_curves.png" in line for line in console)
 
 
