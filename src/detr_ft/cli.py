@@ -63,6 +63,16 @@ def add_inference_autocast(p) -> None:
                         "(AVX-512 BF16, AMX); scores and boxes move by bf16 rounding")
 
 
+def threshold_arg(value: str):
+    """--threshold: a score, or "auto" (the per-class thresholds)."""
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 or 'auto', got {value!r}") from None
+
+
 def add_train_args(p: argparse.ArgumentParser) -> None:
     b = argparse.BooleanOptionalAction
     d = TrainConfig()
@@ -99,6 +109,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-inf-frames", type=int, default=d.max_inf_frames,
                    help="how many validation images to annotate after training")
     g.add_argument("--train-only", action=b, default=d.train_only, help="no validation, no sample predictions")
+    g.add_argument("--bootstrap", type=int, default=d.bootstrap, metavar="N",
+                   help="resamples for the final validation's 95 %% intervals (default: 200 up to 100 images, "
+                        "fewer up to 499 (at least 50), none from 500; 0: off)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=d.lr)
     g.add_argument("--lr-backbone", type=float, default=d.lr_backbone)
@@ -261,6 +274,9 @@ def build_parser() -> Parser:
     ev.add_argument("--device", choices=DEVICES, default="auto")
     ev.add_argument("--on-bad-data", choices=["error", "skip"], default="error")
     add_image_size(ev, "None: the checkpoint's")
+    ev.add_argument("--bootstrap", type=int, default=None, metavar="N",
+                    help="resamples of the images for 95 %% intervals of mAP and mAP50 (default: 200 up to 100 "
+                         "images, fewer up to 499 (at least 50), none from 500; 0: off)")
     add_channels_last(ev)
     add_inference_autocast(ev)
     add_common(ev)
@@ -273,7 +289,10 @@ def build_parser() -> Parser:
     src.add_argument("--hf-dataset", metavar="NAME_OR_PATH", help="a 🤗 datasets dataset instead of --data-dir")
     pr.add_argument("--split", default="test")
     add_image_size(pr, "None: the checkpoint's")
-    pr.add_argument("--threshold", type=float, default=0.5)
+    pr.add_argument("--threshold", type=threshold_arg, default=0.5,
+                    help="score threshold, or 'auto': each class's F1-optimal threshold (see --thresholds)")
+    pr.add_argument("--thresholds", metavar="JSON", help="metrics.json of eval or train (or an export's config.json) "
+                    "with per-class thresholds (default: beside the checkpoint)")
     pr.add_argument("--max-inf-frames", type=int, default=0, help="at most N images (0: all)")
     pr.add_argument("--batch-size", type=int, default=8)
     pr.add_argument("--device", choices=DEVICES, default="auto")
@@ -295,6 +314,8 @@ def build_parser() -> Parser:
     ex = sub.add_parser("export", help="write a Hugging Face model directory")
     ex.add_argument("--ckpt-path", required=True)
     ex.add_argument("--out", required=True)
+    ex.add_argument("--thresholds", metavar="JSON", help="metrics.json whose per-class thresholds go into the "
+                    "exported config (default: the metrics.json beside the checkpoint, if it has them)")
     add_common(ex)
 
     demo = sub.add_parser("demo", help="synthetic data -> train -> eval -> predict, offline")
@@ -450,8 +471,13 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         summary = run_train(cfg)
         if summary is None:  # another process of a multi-process run: rank 0 reports
             return 0
-        print_summary("train", out, {k: summary.get(k) for k in ("map", "map_50", "images_per_second", "epochs",
-                                                                  "steps", "buckets", "recompiles")})
+        boot = summary.get("bootstrap") or {}
+        print_summary("train", out, {**{k: summary.get(k) for k in ("map", "map_50")},
+                                     **{f"{k} 95% interval": f"[{boot[k][0]:.4f}, {boot[k][1]:.4f}]"
+                                        for k in ("map", "map_50") if boot.get(k)},
+                                     **{k: summary.get(k) for k in ("images_per_second", "epochs", "steps", "buckets",
+                                                                    "recompiles")},
+                                     "report": out / "report.html" if (out / "report.html").is_file() else None})
         return 0
     if args.command == "eval":
         from detr_ft.evaluate import run_eval
@@ -460,17 +486,21 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
         if args.num_workers < 0:
             raise UserError(f"--num-workers must be 0 or more (got {args.num_workers})")
+        if args.bootstrap is not None and args.bootstrap < 0:
+            raise UserError(f"--bootstrap must be 0 (off) or a number of resamples (got {args.bootstrap})")
         run_eval(args.ckpt_path, args.data_dir, out, args.split, args.batch_size, args.num_workers,
                  device=args.device, on_bad_data=args.on_bad_data, hf_dataset=args.hf_dataset,
-                 channels_last=args.channels_last, autocast=args.autocast, image_size=args.image_size)
-        print(f"\nmetrics: {out / 'metrics.json'}\ndetections: {out / 'detections.json'}")
+                 channels_last=args.channels_last, autocast=args.autocast, image_size=args.image_size,
+                 bootstrap=args.bootstrap)
+        print(f"\nmetrics: {out / 'metrics.json'}\ndetections: {out / 'detections.json'}\n"
+              f"report: {out / 'report.html'}")
         return 0
     if args.command == "predict":
         return cmd_predict(args, out)
     if args.command == "export":
         from detr_ft.export import export
 
-        path = export(args.ckpt_path, Path(args.out))
+        path = export(args.ckpt_path, Path(args.out), thresholds_file=args.thresholds)
         print(f"exported a Hugging Face model directory to {path}")
         return 0
     if args.command == "demo":
@@ -521,7 +551,7 @@ def cmd_predict(args: argparse.Namespace, out: Path) -> int:
                           threshold=args.threshold, max_inf_frames=args.max_inf_frames,
                           batch_size=args.batch_size, device=args.device, pad=args.pad, hf_dataset=args.hf_dataset,
                           cuda_graphs=args.cuda_graphs, channels_last=args.channels_last, autocast=args.autocast,
-                          on_bad_data=args.on_bad_data, image_size=args.image_size)
+                          on_bad_data=args.on_bad_data, image_size=args.image_size, thresholds_file=args.thresholds)
     print_summary("predict", out, {k: summary[k] for k in ("images", "detections", "annotated",
                                                            "detections_json")})
     return 0

@@ -45,6 +45,7 @@ class TrainConfig:
     resume: bool = False
     threshold: float = 0.5
     max_inf_frames: int = 4
+    bootstrap: int | None = None  # resamples for the final validation's intervals (None: by the split's size)
     train_only: bool = False
     lr: float = 1e-4
     lr_backbone: float = 1e-5
@@ -85,6 +86,8 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be a positive number (got {getattr(self, name)})")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise UserError("--weight-decay and --grad-clip must be 0 or more")
+        if self.bootstrap is not None and self.bootstrap < 0:
+            raise UserError(f"--bootstrap must be 0 (off) or a number of resamples (got {self.bootstrap})")
         if not 0.0 <= self.threshold <= 1.0:
             raise UserError(f"--threshold must be between 0 and 1 (got {self.threshold})")
         from detr_ft.data.transforms import ResizeSpec

@@ -44,8 +44,11 @@ class Detector:
     """
 
     def __init__(self, model, resize_spec: ResizeSpec, categories: Categories, device: str = "auto",
-                 canvas: tuple[int, int] | None = None, channels_last: bool = True, autocast: bool = False):
+                 canvas: tuple[int, int] | None = None, channels_last: bool = True, autocast: bool = False,
+                 thresholds: dict[int, float] | None = None, source: str = "this detector"):
         self.device = inference_device(device)
+        self.thresholds = thresholds  # {category id: score}: threshold="auto" (detr_ft.thresholds)
+        self.source = source
         self.autocast = autocast
         self.model = model.eval().to(self.device)
         fold_batch_norms(self.model)
@@ -62,7 +65,8 @@ class Detector:
 
     @classmethod
     def load(cls, path, device: str = "auto", canvas: tuple[int, int] | None = None,
-             channels_last: bool = True, autocast: bool = False, image_size=None) -> "Detector":
+             channels_last: bool = True, autocast: bool = False, image_size=None,
+             thresholds=None) -> "Detector":
         """A detector from a detr-ft checkpoint file or a Hugging Face model directory.
 
         device: auto (CUDA, then MPS, then CPU), cpu, cuda, hpu or mps.
@@ -70,7 +74,11 @@ class Detector:
         channels_last: channels-last convolutions where they are faster (CPU, CUDA).
         autocast: bf16 autocast for the network.
         image_size: (SHORT,) or (SHORT, LONG) to resize to instead of the saved rule (``--image-size``).
+        thresholds: a metrics.json (or config.json) with per-class thresholds for ``threshold="auto"``;
+        default: the export's config.json, or the metrics.json beside a checkpoint.
         """
+        from detr_ft.thresholds import load_thresholds
+
         path = Path(path).expanduser()
         if path.is_dir():
             from detr_ft.export import load_export
@@ -84,15 +92,27 @@ class Detector:
             raise UserError(f"{path}: no such checkpoint file or model directory")
         resize_spec = resize_spec.with_image_size(image_size)
         return cls(model, resize_spec, categories, device=device, canvas=canvas, channels_last=channels_last,
-                   autocast=autocast)
+                   autocast=autocast, thresholds=load_thresholds(path, thresholds), source=str(path))
 
     def sample(self, image: Image.Image, image_id: int = 0) -> Sample:
         image = to_rgb(image)
         return Sample(resized_tensor(image, self.resize), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long),
                       image_id, (image.height, image.width))
 
-    def detect_samples(self, samples: list[Sample], threshold: float = 0.0) -> list[Detections]:
-        return self.detect_batch(self.collator(samples).ready(self.device, non_blocking=True), threshold)
+    def detect_samples(self, samples: list[Sample], threshold: float | str = 0.0) -> list[Detections]:
+        """Detections at a score ``threshold``, or "auto": each class's own (``self.thresholds``)."""
+        per_class = self.class_thresholds() if threshold == "auto" else None
+        # per class: score >= its threshold (a threshold is a detection's score), so none dropped before
+        dets = self.detect_batch(self.collator(samples).ready(self.device, non_blocking=True),
+                                 0.0 if per_class else threshold)
+        return [keep_above(d, per_class) for d in dets] if per_class else dets
+
+    def class_thresholds(self) -> list[float]:
+        """The score threshold of each class in label order; where there are none, a ``UserError``
+        saying how to get them."""
+        from detr_ft.thresholds import for_classes, require
+
+        return for_classes(require(self.thresholds, self.source), self.categories.ids)
 
     @torch.inference_mode()
     def detect_batch(self, batch: Batch, threshold: float = 0.0) -> list[Detections]:
@@ -106,13 +126,16 @@ class Detector:
 
         images: one image or a list of them; each a PIL image, a numpy array
         [H, W, 3] (uint8, RGB) or a file path (EXIF orientation applied).
+        threshold: a score, or "auto": each class's F1-optimal threshold as eval measured it
+        (``detr_ft.thresholds``; an error saying how to get them where there are none).
         Returns, per image, the detections above ``threshold`` by descending
         score: dicts with ``label`` (class name), ``category_id`` (the dataset's
         id), ``score`` and ``box`` [x0, y0, x1, y1] in pixels of the image. As
         transformers' pipeline: one image gives one list, a list gives a list of lists.
         """
-        if not 0.0 <= threshold <= 1.0:
-            raise UserError(f"threshold must be between 0 and 1 (got {threshold})")
+        check_threshold(threshold, "threshold")
+        if threshold == "auto":
+            self.class_thresholds()  # none: the error before any image is read
         if batch_size < 1:
             raise UserError(f"batch_size must be at least 1 (got {batch_size})")
         single = not isinstance(images, (list, tuple))
@@ -129,6 +152,21 @@ class Detector:
                                                 dets.scores.tolist(), dets.boxes.tolist())
                 ]
         return results[0] if single else results
+
+
+def check_threshold(threshold, flag: str = "--threshold") -> None:
+    """A ``UserError`` unless ``threshold`` is "auto" or a number in [0, 1]."""
+    if threshold == "auto":
+        return
+    if isinstance(threshold, str) or not 0.0 <= threshold <= 1.0:
+        raise UserError(f"{flag} must be between 0 and 1, or 'auto' (got {threshold})")
+
+
+def keep_above(dets: Detections, per_label: list[float]) -> Detections:
+    """The detections whose score reaches their class's threshold (``per_label``: one per contiguous label)."""
+    t = torch.tensor(per_label, dtype=dets.scores.dtype, device=dets.scores.device)[dets.labels]
+    k = dets.scores >= t
+    return Detections(dets.boxes[k], dets.scores[k], dets.labels[k], dets.category_ids[k])
 
 
 def aspect_ratio(image) -> float:

@@ -125,6 +125,7 @@ class DetrModule(L.LightningModule):
         results = [r for records in per_image.values() for r in records]
         metrics = coco_metrics(self.val_ground_truth, results, self.categories)
         self.last_val_metrics = metrics
+        self.last_val_results = results  # for train's final analysis (detr_ft.analysis)
         self.log_dict({f"val_{k}": float(metrics[k]) for k in METRIC_NAMES if k != "map_50"})
         self.log("val_map_50", float(metrics["map_50"]), prog_bar=True)
         self._val_results = []

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
+from detr_ft.analysis import analyse
+from detr_ft.analysis.bootstrap import default_resamples
 from detr_ft.data.batching import ready_from_loader
 from detr_ft.data.hf_dataset import read_split
 from detr_ft.data.dataset import DetectionDataset
@@ -23,8 +25,10 @@ MAX_DETECTIONS = 100
 def run_eval(ckpt_path: str, data_dir: str, out_dir: Path, split: str = "test", batch_size: int = 8,
              num_workers: int = 0, device: str = "auto", on_bad_data: str = "error",
              hf_dataset: str | None = None, channels_last: bool = True, autocast: bool = False,
-             image_size=None) -> dict:
-    """Evaluate; writes metrics.json, detections.json and per_class_ap.png into ``out_dir``."""
+             image_size=None, bootstrap: int | None = None) -> dict:
+    """Evaluate; writes metrics.json, detections.json, per_class_ap.png and the analysis
+    (``detr_ft.analysis``: charts, report.html) into ``out_dir``. ``bootstrap``: resamples
+    for the intervals (None: ``default_resamples`` of the split's size; 0: none)."""
     detector = Detector.load(ckpt_path, device=device, channels_last=channels_last, autocast=autocast,
                              image_size=image_size)
     say_if_slow_bf16(detector.device, autocast)
@@ -39,11 +43,15 @@ def run_eval(ckpt_path: str, data_dir: str, out_dir: Path, split: str = "test", 
         for dets, image_id in zip(detector.detect_batch(on_device), batch.image_ids.tolist()):
             found[image_id] = to_coco_results(dets, image_id)[:MAX_DETECTIONS]
     results = [d for r in index.records for d in found[r.image_id]]  # in the dataset's order
-    metrics = coco_metrics(ground_truth(index.records, detector.categories), results, detector.categories)
+    gt = ground_truth(index.records, detector.categories)
+    metrics = coco_metrics(gt, results, detector.categories)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = {**metrics, "split": split, "images": len(index), "checkpoint": str(ckpt_path), "autocast": autocast,
                "data": index.report.to_dict()}
+    resamples = default_resamples(len(index)) if bootstrap is None else bootstrap
+    metrics = analyse(out_dir, gt, results, detector.categories, metrics, index=index, bootstrap=resamples,
+                      title=f"detr-ft eval: {split} split")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "detections.json").write_text(json.dumps(results))
     plot_per_class(metrics["per_class"], out_dir / "per_class_ap.png", title=f"AP per class ({split})")

@@ -100,8 +100,13 @@ or `from detr_ft import Detector; Detector.load("PATH").predict(["image.jpg"])`.
 """
 
 
-def export(ckpt_path: str, out_dir: Path) -> Path:
-    """Write the Hugging Face model directory of a detr-ft checkpoint into ``out_dir``."""
+def export(ckpt_path: str, out_dir: Path, thresholds_file: str | None = None) -> Path:
+    """Write the Hugging Face model directory of a detr-ft checkpoint into ``out_dir``; the
+    per-class thresholds (``thresholds_file``, else the metrics.json beside the checkpoint)
+    go into config.json as ``detr_ft_thresholds`` where there are any."""
+    from detr_ft.thresholds import CONFIG_KEY, load_thresholds
+
+    thresholds = load_thresholds(Path(ckpt_path).expanduser(), thresholds_file)
     model, resize, categories, family = model_from_checkpoint(Path(ckpt_path).expanduser())
     out_dir = Path(out_dir).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
@@ -111,6 +116,8 @@ def export(ckpt_path: str, out_dir: Path) -> Path:
     model.config.id2label = categories.id2label
     model.config.label2id = {n: i for i, n in categories.id2label.items()}
     model.config.category_ids = list(categories.ids)
+    if thresholds:
+        setattr(model.config, CONFIG_KEY, {str(c): t for c, t in thresholds.items()})
     processor = image_processor_for(model, resize)  # before writing anything: fails early
     model.save_pretrained(out_dir, state_dict=exportable_state_dict(model))
     config_path = out_dir / "config.json"

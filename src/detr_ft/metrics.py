@@ -31,12 +31,13 @@ def ground_truth(records: list[ImageRecord], categories: Categories) -> dict:
 def coco_metrics(gt: dict, results: list[dict], categories: Categories) -> dict:
     """COCO bbox metrics of ``results`` (COCO results format) against ``gt``.
 
-    Returns ``METRIC_NAMES`` and ``per_class`` ({name: AP@[.5:.95]}).
+    Returns ``METRIC_NAMES``, ``per_class`` ({name: AP@[.5:.95]}) and ``per_class_50`` ({name: AP50}).
     """
     from faster_coco_eval import COCO, COCOeval_faster
 
     empty = {k: (0.0 if gt["annotations"] else -1.0) for k in METRIC_NAMES}
     empty["per_class"] = {n: empty["map"] for n in categories.names}
+    empty["per_class_50"] = dict(empty["per_class"])
     if not results or not gt["annotations"]:
         return empty
     with contextlib.redirect_stdout(io.StringIO()):
@@ -51,21 +52,26 @@ def coco_metrics(gt: dict, results: list[dict], categories: Categories) -> dict:
                         "mar_1", "mar_10", "mar_100"), stats[:9]))
     precision = ev.eval["precision"]  # [iou T, recall R, class K, area A, max dets M]
     cat_order = list(ev.params.catIds)
-    per_class = {}
+    per_class, per_class_50 = {}, {}
     for cid, name in zip(categories.ids, categories.names):
         p = precision[:, :, cat_order.index(cid), 0, -1]
+        p50 = p[0][p[0] > -1]  # IoU thresholds start at 0.5
         p = p[p > -1]
         per_class[name] = float(p.mean()) if p.size else -1.0
+        per_class_50[name] = float(p50.mean()) if p50.size else -1.0
     metrics["per_class"] = per_class
+    metrics["per_class_50"] = per_class_50
     return metrics
 
 
 def format_table(metrics: dict) -> str:
     """A plain-text table of the summary metrics and per-class AP."""
-    lines = [f"{'metric':<14}{'value':>8}"]
+    boot = metrics.get("bootstrap") or {}
+    lines = [f"{'metric':<14}{'value':>8}" + (f"  {int(100 * boot['level'])} % interval (bootstrap)" if boot else "")]
     for k in METRIC_NAMES:
         if k in metrics:
-            lines.append(f"{k:<14}{metrics[k]:>8.4f}")
+            interval = f"  [{boot[k][0]:.4f}, {boot[k][1]:.4f}]" if boot.get(k) else ""
+            lines.append(f"{k:<14}{metrics[k]:>8.4f}{interval}")
     if metrics.get("per_class"):
         lines.append("")
         lines.append(f"{'class':<14}{'AP':>8}")

@@ -14,11 +14,12 @@ from detr_ft.data.coco import CocoIndex, DataReport, image_file_problem, in_thre
 from detr_ft.data.hf_dataset import read_split
 from detr_ft.data.sampling import batches_by_shape
 from detr_ft.data.transforms import load_image
-from detr_ft.detector import Detector, aspect_ratio
+from detr_ft.detector import Detector, aspect_ratio, check_threshold
 from detr_ft.devices import say_if_slow_bf16
 from detr_ft.draw import draw_boxes, side_by_side
 from detr_ft.errors import UserError
 from detr_ft.model.postprocess import to_coco_results
+from detr_ft.thresholds import load_thresholds
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -65,11 +66,11 @@ def run_predict(ckpt_path: str, out_dir: Path, images: list[str] | None = None, 
                 device: str = "auto", pad: bool = False, detector: Detector | None = None,
                 hf_dataset: str | None = None, cuda_graphs: bool = False, channels_last: bool = True,
                 autocast: bool = False, on_bad_data: str = "error", index: CocoIndex | None = None,
-                image_size=None) -> dict:
+                image_size=None, thresholds_file: str | None = None) -> dict:
     """Run the detector over images, a dataset split (``data_dir``, or ``hf_dataset``) or an
-    ``index`` already read (training's validation split); returns a summary."""
-    if not 0.0 <= threshold <= 1.0:
-        raise UserError(f"--threshold must be between 0 and 1 (got {threshold})")
+    ``index`` already read (training's validation split); returns a summary. ``threshold``
+    "auto": the per-class thresholds (``thresholds_file``, else found beside the checkpoint)."""
+    check_threshold(threshold)
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
     if cuda_graphs and not pad:
@@ -78,6 +79,10 @@ def run_predict(ckpt_path: str, out_dir: Path, images: list[str] | None = None, 
         detector = Detector.load(ckpt_path, device=device, channels_last=channels_last, autocast=autocast,
                                  image_size=image_size)
         say_if_slow_bf16(detector.device, autocast)
+    if thresholds_file is not None:
+        detector.thresholds = load_thresholds(ckpt_path, thresholds_file)
+    if threshold == "auto":
+        detector.class_thresholds()  # none: the error before any image is read
     if pad:  # static shapes: every batch on the largest canvas the resize produces, full batches
         detector.use_canvas(detector.resize.max_canvas, fill_to=batch_size)
     if cuda_graphs or detector.device.type == "hpu":
@@ -110,7 +115,8 @@ def run_predict(ckpt_path: str, out_dir: Path, images: list[str] | None = None, 
             found[i] = [{**r, "file_name": str(path)} for r in to_coco_results(d, image_id)]
             pred = draw_boxes(im, d.boxes.tolist(), d.labels.tolist(), names, d.scores.tolist())
             if gt is not None:
-                titles = (f"ground truth: {len(gt[1])}", f"prediction: {len(d.scores)} with score > {threshold:g}")
+                rule = "per-class thresholds" if threshold == "auto" else f"score > {threshold:g}"
+                titles = (f"ground truth: {len(gt[1])}", f"prediction: {len(d.scores)} with {rule}")
                 pred = side_by_side(draw_boxes(im, gt[0].tolist(), gt[1].tolist(), names), pred, titles)
             target = out_dir / "images" / f"{image_id:06d}_{path.stem}.jpg"
             pred.save(target, quality=90)

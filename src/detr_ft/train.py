@@ -240,8 +240,16 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
     if trainer.is_global_zero:
         if not cfg.train_only and cfg.max_inf_frames:
             summary["predictions"] = sample_predictions(module, bundle.resize, categories, cfg, out, val_index)
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
         plot_curves(out / "metrics.csv", out / "curves.png")
+        if val_index is not None and hasattr(module, "last_val_results"):  # the final validation, explained
+            from detr_ft.analysis import analyse
+            from detr_ft.analysis.bootstrap import default_resamples
+
+            summary = analyse(out, module.val_ground_truth, module.last_val_results, categories, summary,
+                              index=val_index,
+                              bootstrap=default_resamples(len(val_index)) if cfg.bootstrap is None else cfg.bootstrap,
+                              title="detr-ft train: final validation")
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     return trainer, module, summary
 
 
