@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import xml.etree.ElementTree as ET
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ def write_coco(root: Path, split: str, images: list[dict], categories=CLASSES, a
     for i, im in enumerate(images):
         file_name = f"{im['name']}.png"
         if not (root / "images" / file_name).exists():
-            im.get("image", picture(hash(im["name"]) % 1000, im["size"])).save(root / "images" / file_name)
+            im.get("image", picture(zlib.crc32(im["name"].encode()), im["size"])).save(root / "images" / file_name)
         doc["images"].append({"id": i + 1, "file_name": file_name, "width": im["size"][0], "height": im["size"][1]})
         for cid, box in im["objects"]:
             doc["annotations"].append({"id": len(doc["annotations"]) + 1, "image_id": i + 1, "category_id": cid,
