@@ -191,9 +191,15 @@ def build_parser() -> Parser:
                     help="accepted for the original command line (a checkpoint is always used)")
     add_common(pr)
 
-    ex = sub.add_parser("export", help="write a Hugging Face model directory")
+    ex = sub.add_parser("export", help="write a Hugging Face model directory and/or an ONNX file")
     ex.add_argument("--ckpt-path", required=True)
-    ex.add_argument("--out", required=True)
+    ex.add_argument("--out", required=True, help="the folder written (ONNX: OUT/model.onnx)")
+    ex.add_argument("--format", default="hf", help="hf, onnx, or both: hf,onnx (default hf)")
+    ex.add_argument("--pad-size", type=int, nargs=2, metavar=("H", "W"),
+                    help="ONNX: the static canvas (default: the largest the model's resize produces)")
+    ex.add_argument("--batch-size", type=int, default=1, help="ONNX: the fixed batch size (default 1)")
+    ex.add_argument("--dynamic-batch", action="store_true", help="ONNX: a dynamic batch axis instead")
+    ex.add_argument("--quantize", choices=["int8"], help="ONNX: dynamic int8 quantisation (ONNX Runtime)")
     add_common(ex)
 
     demo = sub.add_parser("demo", help="synthetic data -> train -> eval -> predict, offline")
@@ -399,11 +405,7 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "predict":
         return cmd_predict(args, out)
     if args.command == "export":
-        from detr_ft.export import export
-
-        path = export(args.ckpt_path, Path(args.out))
-        print(f"exported a Hugging Face model directory to {path}")
-        return 0
+        return cmd_export(args)
     if args.command == "demo":
         from detr_ft.demo import run_demo
 
@@ -433,6 +435,25 @@ def cmd_data(args: argparse.Namespace) -> int:
     md5 = args.md5 if args.md5 is not None else (CPPE5_MD5 if args.url is None else None)
     path = download_dataset(Path(args.out), url=url, md5=md5, force=args.force)
     print(f"dataset ready in {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    if not formats or set(formats) - {"hf", "onnx"}:
+        raise UserError(f"--format {args.format}: choose hf, onnx or hf,onnx")
+    if "onnx" not in formats and (args.pad_size or args.dynamic_batch or args.quantize or args.batch_size != 1):
+        raise UserError("--pad-size, --batch-size, --dynamic-batch and --quantize apply to --format onnx")
+    if "hf" in formats:
+        from detr_ft.export import export
+
+        print(f"exported a Hugging Face model directory to {export(args.ckpt_path, Path(args.out))}")
+    if "onnx" in formats:
+        from detr_ft.onnx_export import ONNX_NAME, export_onnx
+
+        path = export_onnx(args.ckpt_path, Path(args.out).expanduser() / ONNX_NAME, pad_size=args.pad_size,
+                           batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, quantize=args.quantize)
+        print(f"exported an ONNX model to {path}")
     return 0
 
 

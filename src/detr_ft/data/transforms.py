@@ -2,6 +2,9 @@
 
 Boxes travel as (cx, cy, w, h) normalised by the image size, which resizing
 leaves unchanged and a horizontal flip maps to (1 - cx, cy, w, h).
+
+torch is imported where a tensor is made, not here: the ONNX runtime
+(``onnx_runtime.py``) uses the resize rule and the image decoding without it.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from detr_ft.errors import UserError
@@ -129,6 +131,8 @@ def image_tensor(image: Image.Image, size: tuple[int, int] | None = None) -> tor
     BILINEAR resize gives (within one grey level, tested), in about half the time.
     Normalisation happens once per batch, in ``Batch.ready``.
     """
+    import torch
+
     hwc = np.asarray(image)  # a read-only view of Pillow's bytes: torch only reads it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "not writable": nothing writes to it
