@@ -80,30 +80,6 @@ def network_graph(model):
     return Network().eval()
 
 
-def fixed_anchors(model, canvas: tuple[int, int]) -> None:
-    """RT-DETR: its anchors for the canvas computed once, in eager mode, and used as constants.
-
-    RT-DETR makes its anchor grid in the forward with in-place writes to slices
-    (``grid_xy[..., 0] /= width``), which the tracer records wrongly: the exported
-    boxes disagreed with PyTorch's. transformers' own switch
-    (``config.anchor_image_size``) makes the model use anchors made beforehand; the
-    canvas is padded to the largest stride first, as ``outputs._rtdetr_canvas`` pads it.
-    """
-    import math
-
-    if model.config.model_type != "rt_detr":
-        return
-    stride = max(model.config.feat_strides)
-    model.config.anchor_image_size = [math.ceil(v / stride) * stride for v in canvas]
-    model.model.anchors, model.model.valid_mask = model.model.generate_anchors(dtype=torch_float32())
-
-
-def torch_float32():
-    import torch
-
-    return torch.float32
-
-
 def check_canvas(canvas: tuple[int, int]) -> tuple[int, int]:
     """(H, W) as ints; a non-positive side is the user's mistake."""
     h, w = (int(v) for v in canvas)
@@ -141,7 +117,6 @@ def export_onnx(ckpt_path: str, out_path: Path, pad_size: tuple[int, int] | None
     model, resize, categories, family = model_from_checkpoint(Path(ckpt_path).expanduser())
     canvas = check_canvas(pad_size or resize.max_canvas)
     fold_batch_norms(model)
-    fixed_anchors(model, canvas)
     graph = network_graph(model)
     h, w = canvas
     pixel_values = torch.zeros(batch_size, 3, h, w)
