@@ -208,7 +208,8 @@ def build_parser() -> Parser:
 
     bench = sub.add_parser("bench", help="throughput and start-up beside the stock transformers path")
     bench.add_argument("--what", default="train,static,infer,startup,data",
-                       help="comma-separated subset of train,static,infer,startup,data")
+                       help="comma-separated subset of train,static,infer,startup,data; also infer-onnx (ONNX Runtime "
+                            "against PyTorch, needs the onnx extra)")
     bench.add_argument("--model", default="detr-tiny", help="detr-tiny, or detr-r50 (DETR-R50 architecture, "
                                                             "random weights)")
     bench.add_argument("--image-size", help="S (S x S) or HxW (default: 320 for detr-tiny, 512 for detr-r50)")
