@@ -141,7 +141,8 @@ def run_cli(args: list[str]) -> subprocess.CompletedProcess:
 
 def test_predict_and_eval_with_onnx_equal_the_checkpoint(synthetic_dir, tmp_path):
     """CLI end to end: export --format hf,onnx --dynamic-batch, then predict's detections.json from
-    the ONNX file equals the checkpoint's with --pad (the same canvas); eval runs on it."""
+    the ONNX file equals the checkpoint's with --pad (the same canvas); eval runs on it; an int8
+    export is smaller and keeps its metadata."""
     from detr_ft.cli import main
 
     ckpt = varied_checkpoint("detr-tiny", tmp_path / "model.ckpt")
@@ -159,6 +160,14 @@ def test_predict_and_eval_with_onnx_equal_the_checkpoint(synthetic_dir, tmp_path
     for x, y in zip(a, b):
         assert (x["image_id"], x["category_id"], x["file_name"]) == (y["image_id"], y["category_id"], y["file_name"])
         assert np.allclose(x["bbox"], y["bbox"], atol=0.011) and abs(x["score"] - y["score"]) <= 1e-4
+    from detr_ft.detector import Detector
+    from detr_ft.onnx_export import export_onnx
+
+    int8 = export_onnx(str(ckpt), tmp_path / "int8" / "model.onnx", quantize="int8")  # checked as it is written
+    assert int8.stat().st_size < 0.6 * onnx_path.stat().st_size
+    quantized = Detector.load(int8, device="cpu")
+    assert quantized.categories == Detector.load(onnx_path, device="cpu").categories
+    assert len(quantized.predict(str(Path(a[0]["file_name"])), threshold=0.0)) > 0
     assert main(["eval", "--ckpt-path", str(onnx_path), "--data-dir", str(synthetic_dir), "--split", "test",
                  "--device", "cpu", "--output-dir", str(tmp_path / "e")]) == 0
     assert 0.0 <= json.loads((tmp_path / "e" / "metrics.json").read_text())["map"] <= 1.0
