@@ -221,5 +221,5 @@ def test_unfaithful_export_is_refused_in_one_line(tmp_path, monkeypatch, capsys)
     ckpt = varied_checkpoint("detr-tiny", tmp_path / "model.ckpt")
     assert main(["export", "--ckpt-path", str(ckpt), "--out", str(tmp_path / "exp"), "--format", "onnx"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "detr family does not export faithfully" in lines[0] and "logits" in lines[0]
+    assert len(lines) == 1 and "detr family does not export faithfully" in lines[0]
     assert not (tmp_path / "exp" / "model.onnx").exists()

@@ -200,6 +200,8 @@ def build_parser() -> Parser:
     ex.add_argument("--batch-size", type=int, default=1, help="ONNX: the fixed batch size (default 1)")
     ex.add_argument("--dynamic-batch", action="store_true", help="ONNX: a dynamic batch axis instead")
     ex.add_argument("--quantize", choices=["int8"], help="ONNX: dynamic int8 quantisation (ONNX Runtime)")
+    ex.add_argument("--parity-check", action=argparse.BooleanOptionalAction, default=True,
+                    help="ONNX: refuse an export whose outputs differ from PyTorch's on a probe batch")
     add_common(ex)
 
     demo = sub.add_parser("demo", help="synthetic data -> train -> eval -> predict, offline")
@@ -443,8 +445,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     if not formats or set(formats) - {"hf", "onnx"}:
         raise UserError(f"--format {args.format}: choose hf, onnx or hf,onnx")
-    if "onnx" not in formats and (args.pad_size or args.dynamic_batch or args.quantize or args.batch_size != 1):
-        raise UserError("--pad-size, --batch-size, --dynamic-batch and --quantize apply to --format onnx")
+    if "onnx" not in formats and (args.pad_size or args.dynamic_batch or args.quantize or args.batch_size != 1
+                                  or not args.parity_check):
+        raise UserError("--pad-size, --batch-size, --dynamic-batch, --quantize and --no-parity-check apply to "
+                        "--format onnx")
     if "hf" in formats:
         from detr_ft.export import export
 
@@ -453,7 +457,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         from detr_ft.onnx_export import ONNX_NAME, export_onnx
 
         path = export_onnx(args.ckpt_path, Path(args.out).expanduser() / ONNX_NAME, pad_size=args.pad_size,
-                           batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, quantize=args.quantize)
+                           batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, quantize=args.quantize,
+                           parity_check=args.parity_check)
         print(f"exported an ONNX model to {path}")
     return 0
 
