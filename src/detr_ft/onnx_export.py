@@ -24,6 +24,7 @@ What the runtime needs travels in the file's ``metadata_props`` (``METADATA_*``)
 from __future__ import annotations
 
 import json
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -224,9 +225,11 @@ def quantize_int8(path: Path) -> None:
 
     tmp = path.with_suffix(".float.onnx")
     path.replace(tmp)
+    logging.disable(logging.WARNING)  # the quantiser logs a line per tensor it leaves in float
     try:
         quantize_dynamic(str(tmp), str(path), weight_type=QuantType.QInt8)
     finally:
+        logging.disable(logging.NOTSET)
         tmp.unlink(missing_ok=True)
 
 
