@@ -311,11 +311,19 @@ def build_parser() -> Parser:
                     help="accepted for the original command line (a checkpoint is always used)")
     add_common(pr)
 
-    ex = sub.add_parser("export", help="write a Hugging Face model directory")
+    ex = sub.add_parser("export", help="write a Hugging Face model directory and/or an ONNX file")
     ex.add_argument("--ckpt-path", required=True)
-    ex.add_argument("--out", required=True)
+    ex.add_argument("--out", required=True, help="the folder written (ONNX: OUT/model.onnx)")
+    ex.add_argument("--format", default="hf", help="hf, onnx, or both: hf,onnx (default hf)")
+    ex.add_argument("--pad-size", type=int, nargs=2, metavar=("H", "W"),
+                    help="ONNX: the static canvas (default: the largest the model's resize produces)")
+    ex.add_argument("--batch-size", type=int, default=1, help="ONNX: the fixed batch size (default 1)")
+    ex.add_argument("--dynamic-batch", action="store_true", help="ONNX: a dynamic batch axis instead")
+    ex.add_argument("--quantize", choices=["int8"], help="ONNX: dynamic int8 quantisation (ONNX Runtime)")
+    ex.add_argument("--parity-check", action=argparse.BooleanOptionalAction, default=True,
+                    help="ONNX: refuse an export whose outputs differ from PyTorch's on a probe batch")
     ex.add_argument("--thresholds", metavar="JSON", help="metrics.json whose per-class thresholds go into the "
-                    "exported config (default: the metrics.json beside the checkpoint, if it has them)")
+                    "export (default: the metrics.json beside the checkpoint, if it has them)")
     add_common(ex)
 
     demo = sub.add_parser("demo", help="synthetic data -> train -> eval -> predict, offline")
@@ -324,7 +332,8 @@ def build_parser() -> Parser:
 
     bench = sub.add_parser("bench", help="throughput and start-up beside the stock transformers path")
     bench.add_argument("--what", default="train,static,infer,startup,data",
-                       help="comma-separated subset of train,static,infer,startup,data")
+                       help="comma-separated subset of train,static,infer,startup,data; also infer-onnx (ONNX Runtime "
+                            "against PyTorch, needs the onnx extra)")
     bench.add_argument("--model", default="detr-tiny", help="detr-tiny, or detr-r50 (DETR-R50 architecture, "
                                                             "random weights)")
     bench.add_argument("--image-size", help="S (S x S) or HxW (default: 320 for detr-tiny, 512 for detr-r50)")
@@ -498,11 +507,7 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "predict":
         return cmd_predict(args, out)
     if args.command == "export":
-        from detr_ft.export import export
-
-        path = export(args.ckpt_path, Path(args.out), thresholds_file=args.thresholds)
-        print(f"exported a Hugging Face model directory to {path}")
-        return 0
+        return cmd_export(args)
     if args.command == "demo":
         from detr_ft.demo import run_demo
 
@@ -534,6 +539,31 @@ def cmd_data(args: argparse.Namespace) -> int:
     md5 = args.md5 if args.md5 is not None else (CPPE5_MD5 if args.url is None else None)
     path = download_dataset(Path(args.out), url=url, md5=md5, force=args.force)
     print(f"dataset ready in {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    if not formats or set(formats) - {"hf", "onnx"}:
+        raise UserError(f"--format {args.format}: choose hf, onnx or hf,onnx")
+    if "onnx" not in formats and (args.pad_size or args.dynamic_batch or args.quantize or args.batch_size != 1
+                                  or not args.parity_check):
+        raise UserError("--pad-size, --batch-size, --dynamic-batch, --quantize and --no-parity-check apply to "
+                        "--format onnx")
+    if "hf" in formats:
+        from detr_ft.export import export
+
+        path = export(args.ckpt_path, Path(args.out), thresholds_file=args.thresholds)
+        print(f"exported a Hugging Face model directory to {path}")
+    if "onnx" in formats:
+        from detr_ft.onnx_export import ONNX_NAME, export_onnx
+        from detr_ft.thresholds import load_thresholds
+
+        path = export_onnx(args.ckpt_path, Path(args.out).expanduser() / ONNX_NAME, pad_size=args.pad_size,
+                           batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, quantize=args.quantize,
+                           parity_check=args.parity_check,
+                           thresholds=load_thresholds(args.ckpt_path, args.thresholds))
+        print(f"exported an ONNX model to {path}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Inference API: ``Detector.load(path).predict(images)``.
 
-``path`` is a detr-ft checkpoint (``.ckpt``) or a Hugging Face model directory
-(from ``detr-ft export``, or any DETR-family object-detection directory).
+``path`` is a detr-ft checkpoint (``.ckpt``), a Hugging Face model directory
+(from ``detr-ft export``, or any DETR-family object-detection directory) or an
+ONNX file from ``detr-ft export --format onnx`` (run by ONNX Runtime).
 Images are PIL images, numpy arrays (H, W, 3) or file paths. Preprocessing and
 post-processing are detr-ft's own and give what transformers'
 ``pipeline("object-detection")`` gives on the exported directory::
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -25,12 +25,14 @@ from detr_ft.data.batching import Batch, Collator
 from detr_ft.data.coco import Categories
 from detr_ft.data.dataset import Sample
 from detr_ft.data.sampling import batches_by_shape
-from detr_ft.data.transforms import ResizeSpec, displayed_size, load_image, resized_tensor, to_rgb
+from detr_ft.data.transforms import ResizeSpec, resized_tensor, to_rgb
 from detr_ft.devices import bf16_autocast, inference_device
 from detr_ft.errors import UserError
+from detr_ft.image_input import as_image, aspect_ratio, detection_dicts  # noqa: F401  (aspect_ratio: predict.py)
 from detr_ft.model.outputs import detection_outputs
 from detr_ft.model.postprocess import Detections, postprocess
 from detr_ft.model.speed import channels_last_where_it_helps, fold_batch_norms
+from detr_ft.thresholds import check_threshold  # noqa: F401  (predict.py)
 
 
 class Detector:
@@ -67,7 +69,8 @@ class Detector:
     def load(cls, path, device: str = "auto", canvas: tuple[int, int] | None = None,
              channels_last: bool = True, autocast: bool = False, image_size=None,
              thresholds=None) -> "Detector":
-        """A detector from a detr-ft checkpoint file or a Hugging Face model directory.
+        """A detector from a detr-ft checkpoint file or a Hugging Face model directory; an
+        ``.onnx`` file from ``detr-ft export --format onnx`` gives an ``OnnxDetector`` (same API).
 
         device: auto (CUDA, then MPS, then CPU), cpu, cuda, hpu or mps.
         canvas: a fixed (H, W) to pad every batch to (static shapes), or None.
@@ -80,6 +83,16 @@ class Detector:
         from detr_ft.thresholds import load_thresholds
 
         path = Path(path).expanduser()
+        if path.suffix.lower() == ".onnx":  # ONNX Runtime, no torch model (onnx_runtime.py)
+            from detr_ft.onnx_runtime import OnnxDetector
+
+            if image_size:
+                raise UserError(f"--image-size: {path} runs at the resize it was exported with; export the "
+                                f"checkpoint again to change it")
+            detector = OnnxDetector.load(path, device=device, canvas=canvas)
+            if thresholds is not None:
+                detector.thresholds = load_thresholds(path, thresholds)
+            return detector
         if path.is_dir():
             from detr_ft.export import load_export
 
@@ -146,20 +159,8 @@ class Detector:
         for ids in batches_by_shape([aspect_ratio(im) for im in images], batch_size):
             chunk = [as_image(images[i]) for i in ids]
             for i, dets in zip(ids, self.detect_samples([self.sample(im) for im in chunk], threshold)):
-                results[i] = [
-                    {"label": self.categories.names[lab], "category_id": cid, "score": s, "box": box}
-                    for lab, cid, s, box in zip(dets.labels.tolist(), dets.category_ids.tolist(),
-                                                dets.scores.tolist(), dets.boxes.tolist())
-                ]
+                results[i] = detection_dicts(dets, self.categories)
         return results[0] if single else results
-
-
-def check_threshold(threshold, flag: str = "--threshold") -> None:
-    """A ``UserError`` unless ``threshold`` is "auto" or a number in [0, 1]."""
-    if threshold == "auto":
-        return
-    if isinstance(threshold, str) or not 0.0 <= threshold <= 1.0:
-        raise UserError(f"{flag} must be between 0 and 1, or 'auto' (got {threshold})")
 
 
 def keep_above(dets: Detections, per_label: list[float]) -> Detections:
@@ -168,30 +169,3 @@ def keep_above(dets: Detections, per_label: list[float]) -> Detections:
     k = dets.scores >= t
     return Detections(dets.boxes[k], dets.scores[k], dets.labels[k], dets.category_ids[k])
 
-
-def aspect_ratio(image) -> float:
-    """Height / width of an image as displayed, from a file's header only (EXIF rotation
-    counted); 1.0 where it cannot be told (``as_image`` then reports the problem)."""
-    if isinstance(image, Image.Image):
-        return image.height / image.width
-    if isinstance(image, np.ndarray) and image.ndim in (2, 3) and image.shape[1]:
-        return image.shape[0] / image.shape[1]
-    if isinstance(image, (str, Path)):
-        try:
-            w, h = displayed_size(Path(image).expanduser())
-            return h / w if w and h else 1.0
-        except Exception:  # noqa: BLE001  (unreadable here: as_image raises the clear error)
-            return 1.0
-    return 1.0
-
-
-def as_image(image) -> Image.Image:
-    """A PIL image from a PIL image, a numpy array [H, W, 3] / [H, W] or a file path."""
-    if isinstance(image, Image.Image):
-        return image
-    if isinstance(image, (str, Path)):
-        return load_image(Path(image).expanduser())
-    if isinstance(image, np.ndarray) and image.ndim in (2, 3):
-        return Image.fromarray(image if image.dtype == np.uint8 else image.clip(0, 255).astype(np.uint8))
-    raise UserError(f"predict: cannot read an image from a {type(image).__name__}; pass a PIL image, "
-                    f"a numpy array [H, W, 3] or a file path")

@@ -74,3 +74,11 @@ def require(thresholds: dict[int, float] | None, where) -> dict[int, float]:
 def for_classes(thresholds: dict[int, float], category_ids) -> list[float]:
     """The threshold of each category id, in order (FALLBACK for a class without one)."""
     return [thresholds.get(int(c), FALLBACK) for c in category_ids]
+
+
+def check_threshold(threshold, flag: str = "--threshold") -> None:
+    """A ``UserError`` unless ``threshold`` is "auto" or a number in [0, 1]."""
+    if threshold == "auto":
+        return
+    if isinstance(threshold, str) or not 0.0 <= threshold <= 1.0:
+        raise UserError(f"{flag} must be between 0 and 1, or 'auto' (got {threshold})")

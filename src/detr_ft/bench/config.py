@@ -10,6 +10,7 @@ from detr_ft.config import TrainConfig
 from detr_ft.errors import UserError
 
 BENCHMARKS = ("train", "static", "infer", "startup", "data")
+OPTIONAL_BENCHMARKS = ("infer-onnx",)  # only when asked for (needs the onnx extra)
 R50 = "detr-r50"  # the DETR-R50 architecture, random weights
 DEFAULT_IMAGE_SIZE = {"detr-tiny": 320, R50: 512}
 DEFAULT_BATCH_SIZE = {"detr-tiny": 16, R50: 2}
@@ -63,9 +64,9 @@ class BenchConfig:
         if self.model not in known:
             raise UserError(f"--model {self.model}: bench runs DETR models against DetrForObjectDetection; "
                             f"use one of {', '.join(known)}")
-        unknown = [w for w in self.what if w not in BENCHMARKS]
+        unknown = [w for w in self.what if w not in BENCHMARKS + OPTIONAL_BENCHMARKS]
         if unknown or not self.what:
-            raise UserError(f"--what {','.join(self.what)}: choose from {','.join(BENCHMARKS)}")
+            raise UserError(f"--what {','.join(self.what)}: choose from {','.join(BENCHMARKS + OPTIONAL_BENCHMARKS)}")
         size = self.image_size if self.image_size is not None else (DEFAULT_IMAGE_SIZE.get(self.model, 320),) * 2
         batch = self.batch_size if self.batch_size is not None else DEFAULT_BATCH_SIZE.get(self.model, 8)
         if not 32 <= min(size) <= max(size) <= 4096:

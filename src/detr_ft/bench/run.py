@@ -54,7 +54,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
                      f"applied by their convolutions; the stock side NCHW as it is")
         if cfg.data_dir is None:  # the memory children reuse the dataset written here
             cfg = replace(cfg, data_dir=str(ws.data_dir))
-        steps = [w for w in ("startup", "data", "train", "static", "infer") if w in cfg.what]
+        steps = [w for w in ("startup", "data", "train", "static", "infer", "infer-onnx") if w in cfg.what]
         sides = None
         for what in steps:
             t0, done = time.perf_counter(), len(records)
@@ -72,6 +72,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
                         records.append(bench_memory("train", ws, cfg, device, None))
                 else:
                     records += bench_static(ws, sides, cfg, device, notes)
+            elif what == "infer-onnx":
+                from detr_ft.bench.onnx_bench import bench_infer_onnx
+
+                make_export(ws, cfg)  # writes the checkpoint (ws.root / "bench.ckpt") it exports from
+                records += bench_infer_onnx(ws, cfg, device, ws.root / "bench.ckpt", notes)
             else:
                 export_dir = make_export(ws, cfg)
                 records += bench_infer(ws, cfg, device, export_dir, notes)

@@ -2,6 +2,9 @@
 
 Boxes travel as (cx, cy, w, h) normalised by the image size, which resizing
 leaves unchanged and a horizontal flip maps to (1 - cx, cy, w, h).
+
+torch is imported where a tensor is made, not here: the ONNX runtime
+(``onnx_runtime.py``) uses the resize rule and the image decoding without it.
 """
 
 from __future__ import annotations
