@@ -119,6 +119,39 @@ def test_export_passes_the_checker_and_carries_metadata(exported):
     assert runtime.info.family == reference.model.config.model_type
 
 
+def test_threshold_auto_on_onnx_runtime_equals_the_checkpoint(exported, images):
+    """threshold="auto": the per-class thresholds of the ONNX metadata keep what the checkpoint's
+    Detector keeps with the same thresholds (a score equal to its class's threshold is kept)."""
+    from detr_ft.detector import Detector
+
+    preset, ckpt, onnx_path = exported
+    reference = Detector.load(ckpt, device="cpu")
+    reference.use_canvas(reference.resize.max_canvas)
+    reference.thresholds = THRESHOLDS
+    runtime = Detector.load(onnx_path, device="cpu")
+    every = runtime.predict(images, threshold=0.0)
+    expected, got = reference.predict(images, threshold="auto"), runtime.predict(images, threshold="auto")
+    for im, all_dets, e, g in zip(images, every, expected, got):
+        wanted = [d for d in all_dets if d["score"] >= THRESHOLDS.get(d["category_id"], 0.5)]
+        assert [d["category_id"] for d in g] == [d["category_id"] for d in wanted]
+        if e or g:
+            assert_same_detections(e, g, (im.height, im.width))
+
+
+def test_export_writes_the_thresholds_beside_the_checkpoint_into_both_formats(tmp_path):
+    """export --format hf,onnx: metrics.json's per-class thresholds go into config.json and the ONNX metadata."""
+    from detr_ft.cli import main
+    from detr_ft.detector import Detector
+
+    ckpt = varied_checkpoint("detr-tiny", tmp_path / "last.ckpt")
+    (tmp_path / "metrics.json").write_text(json.dumps({"thresholds": {
+        "1": {"threshold": 0.3, "f1": 0.5}, "4": {"threshold": 0.7, "f1": 0.4}}}))
+    assert main(["export", "--ckpt-path", str(ckpt), "--out", str(tmp_path / "out"), "--format", "hf,onnx"]) == 0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert {int(k): v for k, v in config["detr_ft_thresholds"].items()} == {1: 0.3, 4: 0.7}
+    assert Detector.load(tmp_path / "out" / "model.onnx", device="cpu").thresholds == {1: 0.3, 4: 0.7}
+
+
 def test_numpy_resize_is_torch_resize():
     """The runtime's NumPy resize gives detr-ft's torch resize pixel for pixel (shrink, enlarge,
     one side only, odd sizes)."""
