@@ -92,9 +92,10 @@ def test_dropout_random_state_is_restored_on_resume(synthetic_dir, tmp_path, mon
         return TrainConfig(output_dir=str(out), data_dir=str(synthetic_dir), model="detr-tiny", max_epochs=epochs,
                            batch_size=8, num_workers=0, deterministic=True, train_only=True, resume=resume)
 
-    _, full, _ = fit(config(tmp_path / "full", 2))
+    _, full, summary = fit(config(tmp_path / "full", 2))
     fit(config(tmp_path / "part", 1))
     _, resumed, _ = fit(config(tmp_path / "part", 2, resume=True))
+    assert not (tmp_path / "full" / "best.ckpt").exists() and summary["best"] is None  # --train-only
     assert full.model.config.dropout == 0.2
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
