@@ -26,11 +26,12 @@ EPOCHS = 3
 
 def train_command(out: Path, data: Path, *extra: str) -> list[str]:
     """A deterministic detr-tiny run: 2 steps per epoch, a checkpoint every epoch, cosine schedule with
-    warm-up (so the scheduler state matters), validation every epoch."""
+    warm-up (so the scheduler state matters), an EMA of the weights (its state matters too), validation
+    every epoch."""
     return [sys.executable, "-m", "detr_ft", "train", "--data-dir", str(data), "--model", "detr-tiny",
             "--max-epochs", str(EPOCHS), "--batch-size", "8", "--num-workers", "0", "--deterministic",
             "--ckpt-store-interval-epochs", "1", "--lr-schedule", "cosine", "--warmup-steps", "3",
-            "--max-inf-frames", "0", "--output-dir", str(out), *extra]
+            "--ema", "--ema-decay", "0.9", "--ema-warmup-steps", "2", "--max-inf-frames", "0", "--output-dir", str(out), *extra]
 
 
 def rows(path: Path) -> list[dict]:
@@ -63,9 +64,12 @@ def test_killed_run_resumes_bit_identical_to_an_uninterrupted_one(synthetic_dir,
     a = torch.load(full / "last.ckpt", weights_only=True)
     b = torch.load(killed / "last.ckpt", weights_only=True)
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (EPOCHS - 1, 2 * EPOCHS)
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    for k in a["state_dict"]:
-        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    # the averaged weights (state_dict), the live ones and the number of averaging updates
+    for part in ("state_dict", "current_model_state", "averaging_state"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert int(a["averaging_state"]["n_averaged"]) == 2 * EPOCHS
     for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a["lr_schedulers"] == b["lr_schedulers"]
@@ -243,3 +247,19 @@ def test_resume_with_another_model_is_a_clear_error(trained_run, synthetic_dir, 
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert f"--resume: {out / 'last.ckpt'}" in err and "another model" in err and "--model" in err
+
+
+@pytest.mark.parametrize("ema", ["--ema", "--no-ema"])
+def test_resume_with_another_ema_setting_is_a_clear_error(ema, trained_run, synthetic_dir, tmp_path, capsys):
+    """A checkpoint keeps the live weights apart only when written with --ema: resuming must say which."""
+    out = tmp_path / "run"
+    out.mkdir()
+    ckpt = torch.load(trained_run / "last.ckpt", weights_only=True)  # written without --ema
+    if ema == "--no-ema":  # as --ema writes it: the average in state_dict, the live weights beside it
+        ckpt["current_model_state"], ckpt["averaging_state"] = ckpt["state_dict"], {"n_averaged": torch.tensor(2)}
+    torch.save(ckpt, out / "last.ckpt")
+    rc = main(["train", "--model", "detr-tiny", "--data-dir", str(synthetic_dir), "--max-epochs", "3",
+               "--num-workers", "0", "--resume", ema, "--output-dir", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert f"--resume: {out / 'last.ckpt'} was written {'without' if ema == '--ema' else 'with'} --ema" in err

@@ -184,9 +184,9 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
     if checkpoint is not None:
         keep_until = resume_point(resume_from, checkpoint, module)  # a clear error if written for another model
         if ("current_model_state" in checkpoint) != cfg.ema:  # WeightAveraging's layout: live weights kept apart
-            was = "with" if cfg.ema else "without"
-            raise UserError(f"--resume: {resume_from} was written {'without' if cfg.ema else 'with'} --ema; "
-                            f"resume {'without' if cfg.ema else 'with'} it too (this run asked {was} --ema)")
+            was = "without" if cfg.ema else "with"
+            raise UserError(f"--resume: {resume_from} was written {was} --ema; resume {was} --ema too, "
+                            f"or pick another --output-dir")
         checkpoint_io = AtomicCheckpointIO(already_read=(resume_from, checkpoint))
         del checkpoint
         remove_stale_temporaries(out)
