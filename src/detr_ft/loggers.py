@@ -4,7 +4,8 @@
 - ``mlflow``: a run in the tracking store of ``--tracking-uri`` (or ``MLFLOW_TRACKING_URI``),
   by default a local file store in ``OUT/mlruns`` (``mlflow ui --backend-store-uri OUT/mlruns``);
 - ``wandb``: a Weights & Biases run in ``OUT/wandb``, offline unless ``WANDB_MODE`` says
-  otherwise (``wandb sync OUT/wandb/offline-run-*`` uploads it later).
+  otherwise (``wandb sync OUT/wandb/offline-run-*`` uploads it later): no network is needed,
+  and no account.
 
 Each needs its package, an optional extra of detr-ft; a missing one is a one-line error
 naming the ``pip install``.
@@ -41,9 +42,22 @@ def experiment_logger(name: str, out: Path, tracking_uri: str | None = None):
     if name == "mlflow":
         require(name, ("mlflow",), "pip install 'detr-ft[mlflow]'")
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (out / "mlruns").resolve().as_uri()
+        if "://" not in uri or uri.startswith("file:"):
+            # MLflow 3 keeps the file store in maintenance mode and refuses it unless asked for (the user's
+            # own MLFLOW_ALLOW_FILE_STORE wins); a database store needs the full mlflow package
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         return L.pytorch.loggers.MLFlowLogger(experiment_name=PROJECT, run_name=out.name, tracking_uri=uri)
     if name == "wandb":
         require(name, ("wandb",), "pip install 'detr-ft[wandb]'")
         offline = "WANDB_MODE" not in os.environ  # the user's WANDB_MODE (online, offline, disabled) wins
         return L.pytorch.loggers.WandbLogger(project=PROJECT, name=out.name, save_dir=str(out), offline=offline)
     raise UserError(f"--logger must be one of {', '.join(LOGGERS)} (got {name})")
+
+
+def finish(tracker) -> None:
+    """End the tracker's run so that everything logged is on disk (W&B writes its run file from a
+    service process until the run finishes; the others finish with Lightning's ``finalize``)."""
+    if type(tracker).__name__ == "WandbLogger":
+        import wandb
+
+        wandb.finish()

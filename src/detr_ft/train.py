@@ -23,7 +23,7 @@ from detr_ft.errors import UserError
 from detr_ft.metrics import METRIC_NAMES, ground_truth
 from detr_ft.model.build import ModelBundle, build_model, set_backbone_trainable
 from detr_ft.model.speed import for_training
-from detr_ft.loggers import experiment_logger
+from detr_ft.loggers import experiment_logger, finish
 from detr_ft.plots import plot_curves, read_metrics_csv
 from detr_ft.resume import AtomicCheckpointIO, ContinuingCSVLogger, StepSeed, remove_stale_temporaries, resume_point
 from detr_ft.selection import best_checkpoint, best_validation, early_stopping
@@ -118,6 +118,7 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    tracker = experiment_logger(cfg.logger, out, cfg.tracking_uri)  # a missing package: an error before any work
     device = trainer_device(cfg.device, cfg.devices, cfg.num_nodes, cfg.strategy, cfg.autocast)  # available?
     kind = device_type(cfg.device)
     resume_from = newest_checkpoint(out) if cfg.resume else None
@@ -191,7 +192,6 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
         del checkpoint
         remove_stale_temporaries(out)
         print(f"resuming from {resume_from} (epoch {keep_until[0]}, step {keep_until[1]})")
-    tracker = experiment_logger(cfg.logger, out, cfg.tracking_uri)
     loggers = [ContinuingCSVLogger(out, keep_until=keep_until), *([tracker] if tracker else [])]
     trainer = L.Trainer(
         accelerator=device.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=device.strategy,
@@ -241,6 +241,7 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
             summary["predictions"] = sample_predictions(module, bundle.resize, categories, cfg, out, val_index)
         (out / "metrics.json").write_text(json.dumps(summary, indent=2))
         plot_curves(out / "metrics.csv", out / "curves.png")
+    finish(tracker)
     return trainer, module, summary
 
 
