@@ -80,7 +80,10 @@ def test_a_logged_metric_reads_back_from_the_tracker(logger, read, synthetic_dir
 
 @pytest.mark.parametrize("logger", ["mlflow", "wandb"])
 def test_a_missing_logger_package_is_a_one_line_error(logger, synthetic_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("detr_ft.loggers.find_spec", lambda name: None)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == logger else real(name, *a))
     rc = main(["train", "--data-dir", str(synthetic_dir), "--model", "detr-tiny", "--logger", logger,
                "--output-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()

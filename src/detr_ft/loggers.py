@@ -13,8 +13,8 @@ naming the ``pip install``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
-from importlib.util import find_spec
 from pathlib import Path
 
 from detr_ft.errors import UserError
@@ -25,7 +25,7 @@ PROJECT = "detr-ft"  # the MLflow experiment and the W&B project
 
 def require(logger: str, modules: tuple[str, ...], install: str) -> None:
     """A UserError naming ``install`` unless one of ``modules`` can be imported."""
-    if not any(find_spec(m) is not None for m in modules):
+    if not any(importlib.util.find_spec(m) is not None for m in modules):
         raise UserError(f"--logger {logger} needs its package: {install} (or use --logger csv)")
 
 
