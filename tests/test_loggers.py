@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -17,15 +18,17 @@ from detr_ft.config import TrainConfig
 from detr_ft.plots import read_metrics_csv
 
 
-def mlflow_losses(out: Path) -> list[float]:
-    """train_loss of the one run in the default file store, OUT/mlruns, read with MLflow's client."""
+def mlflow_losses(out: Path) -> tuple[list[float], str]:
+    """(train_loss of each step, the --model setting) of the one run in the default file store,
+    OUT/mlruns, read with MLflow's client."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
     experiment = client.get_experiment_by_name("detr-ft")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.run_name == out.name and run.info.status == "FINISHED"
-    return [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)]
+    history = sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)
+    return [m.value for m in history], run.data.params["model"]
 
 
 def wandb_records(path: Path) -> list[bytes]:
@@ -47,19 +50,26 @@ def wandb_records(path: Path) -> list[bytes]:
     return records
 
 
-def wandb_losses(out: Path) -> list[float]:
-    """train_loss of each history row of the offline run in OUT/wandb, in order."""
+def wandb_losses(out: Path) -> tuple[list[float], str]:
+    """(train_loss of each history row, the --model setting) of the offline run in OUT/wandb."""
     from wandb.proto import wandb_internal_pb2
 
     (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")  # offline: no network, no account
-    losses = []
-    for raw in wandb_records(run_file):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(raw)
-        if record.WhichOneof("record_type") == "history":
+    records: list = []
+    deadline = time.monotonic() + 60
+    # wandb.finish() returns before W&B's service process has written the run's last records
+    while not any(r.WhichOneof("record_type") == "exit" for r in records) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        records = [wandb_internal_pb2.Record.FromString(raw) for raw in wandb_records(run_file)]
+    losses, config = [], {}
+    for record in records:
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
             items = {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item}
             losses += [items["train_loss"]] if "train_loss" in items else []
-    return losses
+        elif kind == "config":
+            config.update({i.key: json.loads(i.value_json) for i in record.config.update})
+    return losses, config.get("model")
 
 
 @pytest.mark.parametrize("logger, read", [("mlflow", mlflow_losses), ("wandb", wandb_losses)])
@@ -75,7 +85,9 @@ def test_a_logged_metric_reads_back_from_the_tracker(logger, read, synthetic_dir
                     batch_size=8, num_workers=0, train_only=True, max_inf_frames=0, logger=logger))
     expected = [float(r["train_loss"]) for r in read_metrics_csv(out / "metrics.csv") if r["train_loss"]]
     assert len(expected) == 2
-    assert read(out) == pytest.approx(expected, rel=1e-6)
+    losses, model = read(out)
+    assert losses == pytest.approx(expected, rel=1e-6)
+    assert model in ("detr-tiny", {"value": "detr-tiny"})  # the run's settings too (W&B wraps each value)
 
 
 @pytest.mark.parametrize("logger", ["mlflow", "wandb"])

@@ -210,6 +210,8 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
     )
     if trainer.is_global_zero:  # the Trainer knows its rank once built (torchrun, SLURM, its own launcher)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if tracker is not None:  # the run's settings beside its curves (Lightning logs them on rank 0 only)
+        tracker.log_hyperparams(cfg.to_dict())
     started = time.perf_counter()
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume_from)
