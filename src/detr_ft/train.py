@@ -20,10 +20,10 @@ from detr_ft.data.hf_dataset import read_split
 from detr_ft.engine import DetectionData, DetrModule, NonFiniteLossError, OptimConfig, Throughput
 from detr_ft.devices import device_type, say_if_slow_bf16, trainer_device
 from detr_ft.errors import UserError
+from detr_ft.loggers import experiment_logger, finish
 from detr_ft.metrics import METRIC_NAMES, ground_truth
 from detr_ft.model.build import ModelBundle, build_model, set_backbone_trainable
 from detr_ft.model.speed import for_training
-from detr_ft.loggers import experiment_logger, finish
 from detr_ft.plots import plot_curves, read_metrics_csv
 from detr_ft.resume import AtomicCheckpointIO, ContinuingCSVLogger, StepSeed, remove_stale_temporaries, resume_point
 from detr_ft.selection import best_checkpoint, best_validation, early_stopping
