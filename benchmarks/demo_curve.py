@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="detr-ft-demo-curve-"))
     out.mkdir(parents=True, exist_ok=True)
 
-    from detr_ft.logs import configure_logging
+    from detr_ft.log_policy import configure_logging
     from detr_ft.demo import run_demo
 
     configure_logging(debug=False)

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import lightning as L
 
-    from detr_ft.logs import configure_logging
+    from detr_ft.log_policy import configure_logging
     from detr_ft.config import TrainConfig
     from detr_ft.data.synthetic import SyntheticSpec, generate
     from detr_ft.devices import machine_facts

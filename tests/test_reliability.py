@@ -320,7 +320,7 @@ def test_hub_retry_warnings_stay_quiet_unless_debugging(debug, monkeypatch):
     from huggingface_hub import constants
     from huggingface_hub.utils._http import http_backoff
 
-    from detr_ft.logs import HUB_RETRY_LOGGER, configure_logging
+    from detr_ft.log_policy import HUB_RETRY_LOGGER, configure_logging
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the suite runs offline; this test is "online"
     seen = []

@@ -26,11 +26,13 @@ EPOCHS = 3
 
 def train_command(out: Path, data: Path, *extra: str) -> list[str]:
     """A deterministic detr-tiny run: 2 steps per epoch, a checkpoint every epoch, cosine schedule with
-    warm-up (so the scheduler state matters), validation every epoch, every augmentation on."""
+    warm-up (so the scheduler state matters), an EMA of the weights (its state matters too), validation
+    every epoch, every augmentation on."""
     return [sys.executable, "-m", "detr_ft", "train", "--data-dir", str(data), "--model", "detr-tiny",
             "--max-epochs", str(EPOCHS), "--batch-size", "8", "--num-workers", "0", "--deterministic",
             "--ckpt-store-interval-epochs", "1", "--lr-schedule", "cosine", "--warmup-steps", "3",
-            "--max-inf-frames", "0", "--augment", "strong", "--output-dir", str(out), *extra]
+            "--ema", "--ema-decay", "0.9", "--ema-warmup-steps", "2", "--max-inf-frames", "0", "--augment", "strong",
+            "--output-dir", str(out), *extra]
 
 
 def rows(path: Path) -> list[dict]:
@@ -63,9 +65,12 @@ def test_killed_run_resumes_bit_identical_to_an_uninterrupted_one(synthetic_dir,
     a = torch.load(full / "last.ckpt", weights_only=True)
     b = torch.load(killed / "last.ckpt", weights_only=True)
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (EPOCHS - 1, 2 * EPOCHS)
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    for k in a["state_dict"]:
-        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    # the averaged weights (state_dict), the live ones and the number of averaging updates
+    for part in ("state_dict", "current_model_state", "averaging_state"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert int(a["averaging_state"]["n_averaged"]) == 2 * EPOCHS
     for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a["lr_schedulers"] == b["lr_schedulers"]
@@ -92,9 +97,10 @@ def test_dropout_random_state_is_restored_on_resume(synthetic_dir, tmp_path, mon
         return TrainConfig(output_dir=str(out), data_dir=str(synthetic_dir), model="detr-tiny", max_epochs=epochs,
                            batch_size=8, num_workers=0, deterministic=True, train_only=True, resume=resume)
 
-    _, full, _ = fit(config(tmp_path / "full", 2))
+    _, full, summary = fit(config(tmp_path / "full", 2))
     fit(config(tmp_path / "part", 1))
     _, resumed, _ = fit(config(tmp_path / "part", 2, resume=True))
+    assert not (tmp_path / "full" / "best.ckpt").exists() and summary["best"] is None  # --train-only
     assert full.model.config.dropout == 0.2
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -230,7 +236,8 @@ def test_resume_removes_half_written_temporaries_and_reads_weights_only(trained_
     trainer, _, _ = fit(TrainConfig(output_dir=str(out), data_dir=str(synthetic_dir), model="detr-tiny",
                                     max_epochs=3, batch_size=8, num_workers=0, resume=True, max_inf_frames=0))
     assert not stale.exists() and trainer.current_epoch == 3
-    assert weights_only == [True]
+    # the resumed checkpoint once; then best.ckpt once, memory-mapped, for metrics.json's best epoch and step
+    assert weights_only == [True, True]
 
 
 def test_resume_with_another_model_is_a_clear_error(trained_run, synthetic_dir, tmp_path, capsys):
@@ -242,3 +249,19 @@ def test_resume_with_another_model_is_a_clear_error(trained_run, synthetic_dir, 
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert f"--resume: {out / 'last.ckpt'}" in err and "another model" in err and "--model" in err
+
+
+@pytest.mark.parametrize("ema", ["--ema", "--no-ema"])
+def test_resume_with_another_ema_setting_is_a_clear_error(ema, trained_run, synthetic_dir, tmp_path, capsys):
+    """A checkpoint keeps the live weights apart only when written with --ema: resuming must say which."""
+    out = tmp_path / "run"
+    out.mkdir()
+    ckpt = torch.load(trained_run / "last.ckpt", weights_only=True)  # written without --ema
+    if ema == "--no-ema":  # as --ema writes it: the average in state_dict, the live weights beside it
+        ckpt["current_model_state"], ckpt["averaging_state"] = ckpt["state_dict"], {"n_averaged": torch.tensor(2)}
+    torch.save(ckpt, out / "last.ckpt")
+    rc = main(["train", "--model", "detr-tiny", "--data-dir", str(synthetic_dir), "--max-epochs", "3",
+               "--num-workers", "0", "--resume", ema, "--output-dir", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert f"--resume: {out / 'last.ckpt'} was written {'without' if ema == '--ema' else 'with'} --ema" in err

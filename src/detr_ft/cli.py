@@ -17,7 +17,9 @@ from pathlib import Path
 
 from detr_ft.config import DEFAULT_DATA_DIR, DEVICES, TrainConfig
 from detr_ft.errors import UserError
-from detr_ft.logs import configure_logging
+from detr_ft.log_policy import configure_logging
+from detr_ft.loggers import LOGGERS
+from detr_ft.schedule import SCHEDULES
 
 
 class Parser(argparse.ArgumentParser):
@@ -119,10 +121,22 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="gradient norm clip (0: off)")
     g.add_argument("--on-non-finite", choices=["error", "skip"], default=d.on_non_finite,
                    help="a NaN/inf training loss: stop (keeping the last good checkpoint), or skip the batch")
-    g.add_argument("--lr-schedule", choices=["constant", "cosine"], default=d.lr_schedule)
-    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    g.add_argument("--lr-schedule", choices=SCHEDULES, default=d.lr_schedule,
+                   help="after the warm-up: constant, cosine to 0, or step (x0.1 at 2/3 of training, as DETR; default %(default)s)")
+    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help="linear learning-rate warm-up over N optimizer steps, in every schedule (default %(default)s)")
     g.add_argument("--max-minutes", type=float, default=d.max_minutes, help="stop training after M minutes")
-    add_augment_args(p, d)
+    g = p.add_argument_group("training recipe: EMA, best checkpoint, early stopping")
+    g.add_argument("--ema", action=b, default=d.ema,
+                   help="keep an exponential moving average of the weights; validation, best.ckpt, last.ckpt's "
+                        "weights (eval, predict, export) use it (default: off)")
+    g.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay, between 0 and 1 excluded (default %(default)s)")
+    g.add_argument("--ema-warmup-steps", type=int, default=d.ema_warmup_steps,
+                   help="ramp the decay up as decay * (1 - exp(-step / N)) (0: no ramp; default %(default)s)")
+    g.add_argument("--patience", type=int, default=d.patience,
+                   help="stop after N validations without a higher val_map (0, the default: never stop early)")
+    g.add_argument("--accumulate-grad-batches", type=int, default=d.accumulate_grad_batches,
+                   help="one optimizer step every N batches (a global batch N times larger; default %(default)s)")
     g = p.add_argument_group("static shapes, devices, runs")
     g.add_argument("--pad-size", type=int, nargs=2, metavar=("H", "W"), default=d.pad_size,
                    help="canvas for --pad (default: the largest size the model's resize produces)")
@@ -134,7 +148,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-nodes", type=int, default=d.num_nodes)
     g.add_argument("--strategy", default=d.strategy, help="Lightning strategy (auto, ddp, ddp_spawn, ...)")
     g.add_argument("--resume", action=b, default=d.resume, help="continue from the newest checkpoint in --output-dir")
-    g.add_argument("--logger", choices=["csv", "tensorboard"], default=d.logger, help="CSV is always written")
+    g.add_argument("--logger", choices=LOGGERS, default=d.logger,
+                   help="experiment tracker beside metrics.csv (always written); mlflow and wandb are extras (default %(default)s)")
+    g.add_argument("--tracking-uri", default=d.tracking_uri,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a file store in OUTPUT_DIR/mlruns)")
     g.add_argument("--config", help="YAML file of train settings (keys are flag names); flags override it")
 
 

@@ -67,15 +67,25 @@ class TrainConfig:
     on_bad_data: str = "error"
     on_non_finite: str = "error"
     logger: str = "csv"
+    # training recipe: EMA, best checkpoint, early stopping, accumulation (README "Training recipe");
+    # decay 0.999 with a 200-step ramp suits fine-tuning runs of hundreds to thousands of steps
+    ema: bool = False
+    ema_decay: float = 0.999
+    ema_warmup_steps: int = 200
+    patience: int = 0
+    accumulate_grad_batches: int = 1
+    tracking_uri: str | None = None
 
     def validate(self) -> "TrainConfig":
-        positive = {"batch_size": self.batch_size, "devices": self.devices, "num_nodes": self.num_nodes}
+        positive = {"batch_size": self.batch_size, "devices": self.devices, "num_nodes": self.num_nodes,
+                    "accumulate_grad_batches": self.accumulate_grad_batches}
         for name, v in positive.items():
             if v < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {v})")
         non_negative = {"num_workers": self.num_workers, "num_buckets": self.num_buckets,
                         "ckpt_store_interval_epochs": self.ckpt_store_interval_epochs,
-                        "warmup_steps": self.warmup_steps, "max_inf_frames": self.max_inf_frames}
+                        "warmup_steps": self.warmup_steps, "max_inf_frames": self.max_inf_frames,
+                        "patience": self.patience, "ema_warmup_steps": self.ema_warmup_steps}
         for name, v in non_negative.items():
             if v < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more (got {v})")
@@ -93,6 +103,7 @@ class TrainConfig:
         from detr_ft.data.transforms import ResizeSpec
 
         self.augment_spec(ResizeSpec(800, 1333).with_image_size(self.image_size))  # checks every augmentation flag
+        self._validate_recipe()
         if self.pad_canvases not in ("square", "auto"):
             raise UserError(f"--pad-canvases must be square or auto (got {self.pad_canvases})")
         if self.pad_size is not None and self.pad_canvases == "auto":
@@ -135,6 +146,20 @@ class TrainConfig:
                             crop_min=self.crop_min, min_visibility=self.min_visibility,
                             photometric=self.photometric, jitter=self.jitter, zoom_out=self.zoom_out,
                             zoom_out_max=self.zoom_out_max)
+
+    def _validate_recipe(self) -> None:
+        """EMA, early stopping, schedule and logger settings (the counts are checked with the others)."""
+        from detr_ft.loggers import LOGGERS
+        from detr_ft.schedule import SCHEDULES
+
+        if not (math.isfinite(self.ema_decay) and 0.0 < self.ema_decay < 1.0):
+            raise UserError(f"--ema-decay must be between 0 and 1, both excluded (got {self.ema_decay}); "
+                            f"e.g. 0.999")
+        if self.patience and self.train_only:
+            raise UserError("--patience needs validation (it watches val_map); drop --train-only or use --patience 0")
+        for name, value, choices in (("lr_schedule", self.lr_schedule, SCHEDULES), ("logger", self.logger, LOGGERS)):
+            if value not in choices:
+                raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)} (got {value})")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -22,6 +21,7 @@ from detr_ft.model.build import ModelBundle, backbone_module
 from detr_ft.model.criterion import SetCriterion
 from detr_ft.model.outputs import detection_outputs, transformers_loss, uses_transformers_loss
 from detr_ft.model.postprocess import postprocess, to_coco_results
+from detr_ft.schedule import lr_factor
 
 LOSS_PARTS = ("loss_ce", "loss_bbox", "loss_giou")
 MAX_DETECTIONS = 100  # per image, as COCO evaluation counts them
@@ -32,7 +32,7 @@ class OptimConfig:
     lr: float = 1e-4
     lr_backbone: float = 1e-5
     weight_decay: float = 1e-4
-    schedule: str = "constant"  # or "cosine" (linear warm-up, then cosine to 0)
+    schedule: str = "constant"  # or "cosine", "step" (schedule.py); each after a linear warm-up
     warmup_steps: int = 0
 
 
@@ -143,22 +143,16 @@ class DetrModule(L.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
         if self.optim.schedule == "constant" and self.optim.warmup_steps == 0:
             return optimizer
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = self.optim.warmup_steps
-        cosine = self.optim.schedule == "cosine"
-        # --max-minutes: the cosine also follows the time budget, and ends with whichever runs out first
+        total = int(self.trainer.estimated_stepping_batches)
+        # --max-minutes: the decay also follows the time budget, and ends with whichever runs out first
         timer = next((c for c in self.trainer.callbacks if isinstance(c, L.pytorch.callbacks.Timer)), None)
 
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if not cosine:
-                return 1.0
-            progress = (step - warmup) / max(1, total - warmup)
-            if timer is not None and timer.time_remaining() is not None:
-                progress = max(progress, timer.time_elapsed() / (timer.time_elapsed() + timer.time_remaining()))
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        def elapsed_fraction() -> float | None:
+            if timer is None or timer.time_remaining() is None:
+                return None
+            return timer.time_elapsed() / (timer.time_elapsed() + timer.time_remaining())
 
+        factor = lr_factor(self.optim.schedule, self.optim.warmup_steps, total, elapsed_fraction)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 import yaml
 
+from detr_ft.averaging import EMA
 from detr_ft.checkpoint import load_checkpoint, model_from_checkpoint
 from detr_ft.config import TrainConfig
 from detr_ft.data.batching import Collator, batch_padding_fraction, compute_buckets, padded_pixel_fraction
@@ -20,11 +21,13 @@ from detr_ft.data.hf_dataset import read_split
 from detr_ft.engine import DetectionData, DetrModule, NonFiniteLossError, OptimConfig, Throughput
 from detr_ft.devices import device_type, say_if_slow_bf16, trainer_device
 from detr_ft.errors import UserError
+from detr_ft.loggers import experiment_logger, finish
 from detr_ft.metrics import METRIC_NAMES, ground_truth
 from detr_ft.model.build import ModelBundle, build_model, set_backbone_trainable
 from detr_ft.model.speed import for_training
-from detr_ft.plots import plot_curves
+from detr_ft.plots import plot_curves, read_metrics_csv
 from detr_ft.resume import AtomicCheckpointIO, ContinuingCSVLogger, StepSeed, remove_stale_temporaries, resume_point
+from detr_ft.selection import best_checkpoint, best_validation, early_stopping
 
 log = logging.getLogger("detr_ft")
 
@@ -35,6 +38,27 @@ class PeriodicCheckpoint(L.pytorch.callbacks.ModelCheckpoint):
     @property
     def state_key(self) -> str:
         return "periodic-" + super().state_key
+
+
+def recipe_callbacks(cfg: TrainConfig, out: Path) -> list[L.Callback]:
+    """best.ckpt and --patience (with validation), --ema."""
+    callbacks: list[L.Callback] = [] if cfg.train_only else [best_checkpoint(out)]
+    if cfg.patience:
+        callbacks.append(early_stopping(cfg.patience))
+    if cfg.ema:
+        callbacks.append(EMA(cfg.ema_decay, cfg.ema_warmup_steps))
+    return callbacks
+
+
+def best_summary(out: Path, trainer: L.Trainer) -> dict | None:
+    """metrics.json's ``best``: the epoch, step and validation metrics of best.ckpt (None without validation)."""
+    rows = read_metrics_csv(out / "metrics.csv") if (out / "metrics.csv").is_file() else []
+    best = best_validation(rows, out / "best.ckpt")
+    if best is not None:
+        best["checkpoint"] = str(out / "best.ckpt")
+        best["stopped_early"] = any(c.stopped_epoch > 0 for c in trainer.callbacks
+                                    if isinstance(c, L.pytorch.callbacks.EarlyStopping))
+    return best
 
 
 def newest_checkpoint(out_dir: Path) -> Path | None:
@@ -119,6 +143,7 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    tracker = experiment_logger(cfg.logger, out, cfg.tracking_uri)  # a missing package: an error before any work
     device = trainer_device(cfg.device, cfg.devices, cfg.num_nodes, cfg.strategy, cfg.autocast)  # available?
     kind = device_type(cfg.device)
     resume_from = newest_checkpoint(out) if cfg.resume else None
@@ -172,8 +197,9 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
     store = Path(cfg.ckpt_store_path).expanduser() if cfg.ckpt_store_path else out
     # last.ckpt after every epoch (save_last=True with save_top_k=0 writes it only when training ends,
     # so a crash would lose the whole run); each save replaces the previous one atomically
-    callbacks: list[L.Callback] = [L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=out, filename="last", save_top_k=1, enable_version_counter=False)]
+    callbacks: list[L.Callback] = recipe_callbacks(cfg, out)  # best.ckpt first: last.ckpt is the newest
+    callbacks.append(L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=out, filename="last", save_top_k=1, enable_version_counter=False))
     if cfg.ckpt_store_interval_epochs:
         callbacks.append(PeriodicCheckpoint(
             dirpath=store, filename="epoch{epoch:03d}", auto_insert_metric_name=False, save_top_k=-1,
@@ -184,22 +210,21 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
     checkpoint_io = AtomicCheckpointIO()
     if checkpoint is not None:
         keep_until = resume_point(resume_from, checkpoint, module)  # a clear error if written for another model
+        if ("current_model_state" in checkpoint) != cfg.ema:  # WeightAveraging's layout: live weights kept apart
+            was = "without" if cfg.ema else "with"
+            raise UserError(f"--resume: {resume_from} was written {was} --ema; resume {was} --ema too, "
+                            f"or pick another --output-dir")
         checkpoint_io = AtomicCheckpointIO(already_read=(resume_from, checkpoint))
         del checkpoint
         remove_stale_temporaries(out)
         print(f"resuming from {resume_from} (epoch {keep_until[0]}, step {keep_until[1]})")
-    loggers = [ContinuingCSVLogger(out, keep_until=keep_until)]
-    if cfg.logger == "tensorboard":
-        from importlib.util import find_spec
-
-        if find_spec("tensorboard") is None and find_spec("tensorboardX") is None:
-            raise UserError("--logger tensorboard needs TensorBoard: pip install tensorboard (or use --logger csv)")
-        loggers.append(L.pytorch.loggers.TensorBoardLogger(out, name="tensorboard", version=""))
+    loggers = [ContinuingCSVLogger(out, keep_until=keep_until), *([tracker] if tracker else [])]
     trainer = L.Trainer(
         accelerator=device.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=device.strategy,
         precision=device.precision,
         max_epochs=cfg.max_epochs if cfg.max_epochs > 0 else -1, max_steps=cfg.max_steps,
         max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
         gradient_clip_val=cfg.grad_clip or None, deterministic="warn" if cfg.deterministic else None,
         use_distributed_sampler=False,  # detr-ft's samplers shard themselves (data/sampling.py)
         logger=loggers, callbacks=callbacks, log_every_n_steps=1, num_sanity_val_steps=0,
@@ -211,6 +236,8 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
     )
     if trainer.is_global_zero:  # the Trainer knows its rank once built (torchrun, SLURM, its own launcher)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if tracker is not None:  # the run's settings beside its curves (Lightning logs them on rank 0 only)
+        tracker.log_hyperparams(cfg.to_dict())
     started = time.perf_counter()
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume_from)
@@ -236,8 +263,10 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
         "data": {"train": train_index.report.to_dict(),
                  **({"test": val_index.report.to_dict()} if val_index is not None else {})},
         "skipped_non_finite_steps": module.skipped_steps,
+        "ema": {"decay": cfg.ema_decay, "warmup_steps": cfg.ema_warmup_steps} if cfg.ema else None,
     }
     if trainer.is_global_zero:
+        summary["best"] = None if cfg.train_only else best_summary(out, trainer)
         if not cfg.train_only and cfg.max_inf_frames:
             summary["predictions"] = sample_predictions(module, bundle.resize, categories, cfg, out, val_index)
         plot_curves(out / "metrics.csv", out / "curves.png")
@@ -250,6 +279,7 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
                               bootstrap=default_resamples(len(val_index)) if cfg.bootstrap is None else cfg.bootstrap,
                               title="detr-ft train: final validation")
         (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    finish(tracker)
     return trainer, module, summary
 
 

@@ -17,7 +17,7 @@ from detr_ft.bench.workspace import Workspace
 def _rss_child(task: str, side: str, cfg: BenchConfig, root: str, export_dir: str | None, conn) -> None:
     """In a spawned process: one side of ``task`` alone, then report its peak RSS."""
     try:
-        from detr_ft.logs import configure_logging
+        from detr_ft.log_policy import configure_logging
 
         configure_logging(False)
         quiet_progress_bars()
