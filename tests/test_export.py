@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from detr_ft.cli import main
+from conftest import AGREEMENT_SIZES, assert_same_detections, coco_as_detections
 
 pytestmark = pytest.mark.compat
 
@@ -109,38 +110,55 @@ def test_from_pretrained_loads_every_weight(exported, trained_run):
             assert torch.equal(theirs[key], value), key
 
 
-def test_pipeline_matches_detr_ft_predict(exported, trained_run, big_images, tmp_path):
-    # One image per batch, as the pipeline runs: in a batch, images are padded to a common size,
-    # which moves a DETR's scores by ~1e-3, enough to swap the near-equal classes of a briefly
-    # trained model (the pipeline with batch_size > 1 pads the same way).
-    out = tmp_path / "pred"
-    assert main(["predict", "--ckpt-path", str(trained_run / "last.ckpt"), "--images", *map(str, big_images),
+@pytest.fixture(scope="module")
+def predict_and_pipeline(varied_model, tmp_path_factory) -> tuple[dict, dict]:
+    """Per image name of ``varied_model.images``: the detections of ``detr-ft predict`` on the checkpoint
+    and of transformers' pipeline on its export, all 20 queries (threshold 0) of each image."""
+    out = tmp_path_factory.mktemp("pred")
+    images = varied_model.images
+    assert main(["predict", "--ckpt-path", str(varied_model.ckpt), "--images", *map(str, images.values()),
                  "--threshold", "0", "--batch-size", "1", "--output-dir", str(out)]) == 0
-    records = json.loads((out / "detections.json").read_text())
-    config = json.loads((exported / "config.json").read_text())
+    config = json.loads((varied_model.export / "config.json").read_text())
     name_of = {cid: config["id2label"][str(i)] for i, cid in enumerate(config["category_ids"])}
-    ours = [[{"label": name_of[r["category_id"]], "score": r["score"],
-              "box": [r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]]}
-             for r in records if r["file_name"] == str(p)] for p in big_images]
-    theirs = pipeline_detections(exported, big_images, threshold=0.0)
-    for path, a, b in zip(big_images, ours, theirs):
-        size = max(Image.open(path).size)
-        assert len(a) == len(b) > 0
-        assert not unmatched(b, a, size), (path.name, unmatched(b, a, size)[:3])
+    ours = coco_as_detections(json.loads((out / "detections.json").read_text()), name_of)
+    theirs = pipeline_detections(varied_model.export, list(images.values()), threshold=0.0)
+    return ({name: ours[str(path)] for name, path in images.items()},
+            {name: dets for name, dets in zip(images, theirs)})
 
 
-def test_detector_on_the_export_matches_the_pipeline(exported, big_images):
+# Known differences from transformers' processor, each enough to move this model's scores by ~1e-3:
+# the output size (issue 20: a pixel short of transformers' on portrait, landscape and odd shapes) and
+# the resize kernel (detr-ft resizes uint8 with torch's antialiased bilinear, up to 2 grey levels from
+# Pillow's BILINEAR that transformers uses). Strict: each case flips to a failure once both are fixed.
+KERNEL = "detr-ft's torch resize kernel differs from Pillow's bilinear by up to 2 grey levels"
+SIZE_AND_KERNEL = f"issue 20: resize off by a pixel; and {KERNEL}"
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param("portrait", marks=pytest.mark.xfail(strict=True, reason=SIZE_AND_KERNEL)),
+    pytest.param("landscape", marks=pytest.mark.xfail(strict=True, reason=SIZE_AND_KERNEL)),
+    pytest.param("square", marks=pytest.mark.xfail(strict=True, reason=KERNEL)),
+    pytest.param("odd", marks=pytest.mark.xfail(strict=True, reason=SIZE_AND_KERNEL)),
+])
+def test_pipeline_on_the_export_matches_detr_ft_predict_query_by_query(name, predict_and_pipeline):
+    """Each query: the same label, score within 1e-4, box within half a pixel. The pipeline writes each
+    box coordinate as a whole pixel (``int()``, unclipped): ours must lie in that pixel (give or take
+    detections.json's 0.01 rounding), theirs clipped to the image as detr-ft's are."""
+    ours, theirs = predict_and_pipeline
+    width, height = AGREEMENT_SIZES[name]
+    pixel_centres = [{**d, "box": [min(max(v, 0), limit) + 0.5 for v, limit in zip(d["box"], (width, height) * 2)]}
+                     for d in theirs[name]]
+    assert_same_detections(pixel_centres, ours[name], box_tol=0.51, where=name)
+
+
+def test_detector_on_the_export_matches_the_checkpoint_query_by_query(varied_model):
     from detr_ft import Detector
 
-    detector = Detector.load(exported)
-    ours = detector.predict(big_images, threshold=0.0, batch_size=1)
-    theirs = pipeline_detections(exported, big_images, threshold=0.0)
-    labels = set()
-    for path, a, b in zip(big_images, ours, theirs):
-        assert len(a) == len(b) > 0
-        assert not unmatched(b, a, max(Image.open(path).size))
-        labels |= {d["label"] for d in b}
-    assert labels <= set(detector.categories.names)
+    images = list(varied_model.images.values())
+    from_export = Detector.load(varied_model.export, device="cpu").predict(images, threshold=0.0)
+    from_ckpt = Detector.load(varied_model.ckpt, device="cpu").predict(images, threshold=0.0)
+    for name, a, b in zip(varied_model.images, from_ckpt, from_export):
+        assert_same_detections(a, b, where=name)
 
 
 @pytest.mark.parametrize("preset", ["conditional-detr-tiny"])
@@ -187,3 +205,30 @@ def test_export_mistakes_exit_2_with_one_line(trained_run, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "not a model directory" in err[0] and "nope.ckpt" in err[1]
     assert (busy / "notes.txt").read_text() == "mine" and len(list(busy.iterdir())) == 1
+
+
+def test_detector_matches_transformers_post_processing_of_the_same_pixels(varied_model):
+    """Passes while the pipeline's preprocessing differs (above): the pixels detr-ft feeds, through the
+    export's model and its image processor's ``post_process_object_detection``, give detr-ft's detections."""
+    import torch
+    from transformers import AutoImageProcessor
+
+    from detr_ft import Detector
+    from detr_ft.export import load_export
+
+    detector = Detector.load(varied_model.export, device="cpu")
+    model, _, categories = load_export(varied_model.export)
+    processor = AutoImageProcessor.from_pretrained(str(varied_model.export))
+    for name, path in varied_model.images.items():
+        ours = detector.predict(path, threshold=0.0)
+        image = Image.open(path).convert("RGB")
+        batch = detector.collator([detector.sample(image)]).ready("cpu")
+        with torch.no_grad():
+            outputs = model(pixel_values=batch.pixel_values, pixel_mask=batch.pixel_mask.long())
+        found = processor.post_process_object_detection(outputs, threshold=0.0,
+                                                        target_sizes=[(image.height, image.width)])[0]
+        width, height = image.size
+        theirs = [{"label": categories.names[int(label)], "score": float(score),
+                   "box": [min(max(v, 0.0), limit) for v, limit in zip(box.tolist(), (width, height) * 2)]}
+                  for score, label, box in zip(found["scores"], found["labels"], found["boxes"])]
+        assert_same_detections(theirs, ours, where=name)
