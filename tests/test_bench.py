@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -161,7 +162,7 @@ def test_cuda_code_paths_as_far_as_a_cpu_goes():
     with autocast(torch.device("cpu"), "fp32"):
         assert torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype == torch.float32
     synchronize(torch.device("cpu"))
-    assert timed(lambda: sum(range(1000)), torch.device("cpu")) >= 0
+    assert timed(lambda: time.sleep(0.05), torch.device("cpu")) >= 0.05  # the call's wall time
 
 
 def test_trivial_loss_reaches_every_output_without_matching():

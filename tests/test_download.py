@@ -140,6 +140,10 @@ def test_progress_bar_and_missing_parents(server, tmp_path, capsys):
     download_dataset(out, url=server.serve("d.tar.gz", data), md5=_md5(data).upper(), timeout=5)
     assert (out / "annotations" / "train.json").is_file()
     assert sorted(p.name for p in out.parent.iterdir()) == ["cppe5"]
+    bar = capsys.readouterr().err
+    assert "d.tar.gz" in bar and "100%" in bar  # tqdm's bar on stderr, named after the file, to the end
+    download_dataset(tmp_path / "quiet", url=server.serve("d.tar.gz", data), progress=False, timeout=5, md5=None)
+    assert "d.tar.gz" not in capsys.readouterr().err
 
 
 def test_wrong_checksum_leaves_nothing(server, work):
