@@ -89,6 +89,36 @@ def _spread_the_queries(model, seed: int = 4) -> None:
         model.bbox_predictor.layers[-1].weight.mul_(2)
 
 
+def write_checkpoint(bundle, categories, path: Path) -> Path:
+    """A detr-ft checkpoint of ``bundle``'s model as training writes it (state dict and model description)."""
+    from detr_ft.checkpoint import atomic_torch_save
+    from detr_ft.engine import DetrModule, OptimConfig
+
+    module = DetrModule(bundle, categories, OptimConfig())
+    ckpt = {"state_dict": module.state_dict(), "epoch": 0, "global_step": 0}
+    module.on_save_checkpoint(ckpt)
+    atomic_torch_save(ckpt, path)
+    return path
+
+
+def spread_any_family(model, seed: int = 0) -> None:
+    """Seeded weights for any DETR family that spread its queries' outputs: every linear layer
+    re-drawn with twice the unit-variance scale, embeddings N(0, 1), batch-norm statistics off (0, 1)."""
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.copy_(torch.randn(module.num_features, generator=g) * 0.1)
+                module.running_var.copy_(torch.rand(module.num_features, generator=g) + 0.5)
+            elif isinstance(module, nn.Linear):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=g) * 2 / module.in_features ** 0.5)
+            elif isinstance(module, nn.Embedding):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=g))
+
+
 @pytest.fixture(scope="session")
 def varied_model(synthetic_dir, tmp_path_factory) -> VariedModel:
     """detr-tiny with seeded weights whose queries differ in label, score and box (checked here),
@@ -97,10 +127,8 @@ def varied_model(synthetic_dir, tmp_path_factory) -> VariedModel:
     import torch
     from PIL import Image
 
-    from detr_ft.checkpoint import atomic_torch_save
     from detr_ft.data.coco import load_index
     from detr_ft.detector import Detector
-    from detr_ft.engine import DetrModule, OptimConfig
     from detr_ft.export import export
     from detr_ft.model.build import build_model
 
@@ -110,10 +138,7 @@ def varied_model(synthetic_dir, tmp_path_factory) -> VariedModel:
         torch.manual_seed(4)  # a seed whose queries spread well (checked below)
         bundle = build_model("detr-tiny", categories.id2label)
     _spread_the_queries(bundle.model)
-    module = DetrModule(bundle, categories, OptimConfig())
-    ckpt = {"state_dict": module.state_dict(), "epoch": 0, "global_step": 0}
-    module.on_save_checkpoint(ckpt)
-    atomic_torch_save(ckpt, out / "varied.ckpt")
+    write_checkpoint(bundle, categories, out / "varied.ckpt")
     export(str(out / "varied.ckpt"), out / "hf")
 
     doc = load_index(synthetic_dir, "test")
