@@ -1,11 +1,11 @@
 """Export to the Hugging Face format: transformers' own loaders and pipeline agree with detr-ft.
 
-The parity tests run a briefly trained detr-tiny (the ``trained_run`` fixture) and
-compare every detection (threshold 0: all queries, so no detection sits on a
-threshold boundary) without relying on their order, since a briefly trained DETR
-gives near-equal scores to many queries. The images are the synthetic test
-images scaled up to ~240 px: the pipeline rounds boxes to whole pixels, which
-must stay well inside "1 % of the image size".
+The parity tests run models whose queries differ (the ``varied_model`` fixture: seeded weights,
+checked to spread labels, scores and boxes) on a portrait, a landscape, a square and an odd-sized
+image, and compare every query (threshold 0): the same label, score within 1e-4, box within half a
+pixel (``assert_same_detections``). ``test_model_dir_fine_tunes_further_from_the_export`` still runs
+the briefly trained ``trained_run`` model on the synthetic test images scaled up, with the looser
+``unmatched`` comparison.
 """
 
 from __future__ import annotations
