@@ -28,6 +28,9 @@ pytestmark = pytest.mark.compat  # transformers' module layouts differ between 4
 # up to 1.35 px (measured on its four images)
 AUTOCAST_SCORE_TOL = 0.03
 AUTOCAST_BOX_TOL = 2.0  # pixels
+# bf16 may swap the near-equal top two classes of a query (seen with transformers 4.57's init of the
+# varied model: 0.321 vs 0.316): labels are compared where float32's score leaves no near-equal runner-up
+AUTOCAST_LABELS_FROM = 0.5 + AUTOCAST_SCORE_TOL
 
 
 def _batch(index, resize, n=3, train=False):
@@ -373,7 +376,8 @@ def test_inference_autocast_runs_the_network_in_bf16(varied_model, synthetic_dir
     assert dtypes == {"plain": {torch.bfloat16}}
     for name, dets_a, dets_b in zip(varied_model.images, a, b):
         assert all(isinstance(d["score"], float) for d in dets_b)
-        assert_same_detections(dets_a, dets_b, score_tol=AUTOCAST_SCORE_TOL, box_tol=AUTOCAST_BOX_TOL, where=name)
+        assert_same_detections(dets_a, dets_b, score_tol=AUTOCAST_SCORE_TOL, box_tol=AUTOCAST_BOX_TOL, where=name,
+                               labels_from=AUTOCAST_LABELS_FROM)
 
     found = {}
     for flags in ([], ["--autocast"]):
@@ -391,7 +395,7 @@ def test_inference_autocast_runs_the_network_in_bf16(varied_model, synthetic_dir
     assert plain_cli.keys() == fast_cli.keys() == {str(p) for p in images}
     for image in plain_cli:
         assert_same_detections(plain_cli[image], fast_cli[image], score_tol=AUTOCAST_SCORE_TOL,
-                               box_tol=AUTOCAST_BOX_TOL, where=image)
+                               box_tol=AUTOCAST_BOX_TOL, where=image, labels_from=AUTOCAST_LABELS_FROM)
 
 
 @pytest.mark.parametrize("native", [False, True])
