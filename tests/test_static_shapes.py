@@ -143,7 +143,7 @@ def test_compile_compiles_the_train_and_eval_forward_once_each_with_uneven_split
     summary = run_train(data, tmp_path / "run", "--max-epochs", "1", "--pad", "--num-buckets", str(k), "--compile")
     assert len(summary["buckets"]) <= k and summary["steps"] == 18 // 4
     assert summary["recompiles"] == 2
-    assert f"  recompiles: 2\n" in capsys.readouterr().out  # told, not only in the file
+    assert "  recompiles: 2\n" in capsys.readouterr().out  # told, not only in the file
     assert np.isfinite([float(x) for x in step_losses(tmp_path / "run")]).all()
 
 
