@@ -65,30 +65,6 @@ class VariedModel(NamedTuple):
     images: dict[str, Path]  # AGREEMENT_SIZES' names -> PNG files
 
 
-def _spread_the_queries(model, seed: int = 4) -> None:
-    """Seeded weights that make a random detr-tiny's queries differ (a fresh one gives all queries the
-    same answer within ~1e-4): each decoder query attends to its own part of the image (sharper
-    cross-attention), the class head is confident and the box head moves boxes by tens of pixels;
-    the backbone's batch-norm statistics move away from (0, 1) so that folding them has work to do."""
-    import torch
-    from torch import nn
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.copy_(torch.randn(module.num_features, generator=g) * 0.1)
-                module.running_var.copy_(torch.rand(module.num_features, generator=g) + 0.5)
-            elif isinstance(module, nn.Linear):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=g) / module.in_features ** 0.5)
-            elif isinstance(module, nn.Embedding):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=g))
-        model.class_labels_classifier.weight.mul_(4)
-        for layer in model.model.decoder.layers:
-            layer.encoder_attn.q_proj.weight.mul_(6)
-        model.bbox_predictor.layers[-1].weight.mul_(2)
-
-
 def write_checkpoint(bundle, categories, path: Path) -> Path:
     """A detr-ft checkpoint of ``bundle``'s model as training writes it (state dict and model description)."""
     from detr_ft.checkpoint import atomic_torch_save
@@ -101,9 +77,10 @@ def write_checkpoint(bundle, categories, path: Path) -> Path:
     return path
 
 
-def spread_any_family(model, seed: int = 0) -> None:
+def spread_any_family(model, seed: int = 0, gain: float = 2.0) -> None:
     """Seeded weights for any DETR family that spread its queries' outputs: every linear layer
-    re-drawn with twice the unit-variance scale, embeddings N(0, 1), batch-norm statistics off (0, 1)."""
+    re-drawn at ``gain`` times the unit-variance scale, embeddings N(0, 1), batch-norm statistics off
+    (0, 1) so that folding them has work to do."""
     import torch
     from torch import nn
 
@@ -114,9 +91,23 @@ def spread_any_family(model, seed: int = 0) -> None:
                 module.running_mean.copy_(torch.randn(module.num_features, generator=g) * 0.1)
                 module.running_var.copy_(torch.rand(module.num_features, generator=g) + 0.5)
             elif isinstance(module, nn.Linear):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=g) * 2 / module.in_features ** 0.5)
+                module.weight.copy_(torch.randn(module.weight.shape, generator=g) * gain / module.in_features ** 0.5)
             elif isinstance(module, nn.Embedding):
                 module.weight.copy_(torch.randn(module.weight.shape, generator=g))
+
+
+def _spread_the_queries(model, seed: int = 4) -> None:
+    """Seeded weights that make a random detr-tiny's queries differ (a fresh one gives all queries the
+    same answer within ~1e-4): each decoder query attends to its own part of the image (sharper
+    cross-attention), the class head is confident and the box head moves boxes by tens of pixels."""
+    import torch
+
+    spread_any_family(model, seed, gain=1.0)
+    with torch.no_grad():
+        model.class_labels_classifier.weight.mul_(4)
+        for layer in model.model.decoder.layers:
+            layer.encoder_attn.q_proj.weight.mul_(6)
+        model.bbox_predictor.layers[-1].weight.mul_(2)
 
 
 @pytest.fixture(scope="session")
