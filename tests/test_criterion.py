@@ -285,3 +285,34 @@ def test_focal_variant_without_objects():
     assert all(torch.isfinite(v) for v in out.values()) and out["loss_bbox"] == 0 and out["loss_giou_0"] == 0
     grad_logits, grad_boxes = torch.autograd.grad(out["loss"], (logits, pred_boxes))
     assert grad_logits.abs().sum() > 0 and not grad_boxes.any()
+
+
+@pytest.mark.compat
+def test_detr_forward_with_auxiliary_heads_matches_transformers_loss(varied_model, synthetic_dir):
+    """A real ``DetrForObjectDetection`` forward (two decoder layers: one auxiliary head) on a padded
+    batch of 4 synthetic images: detr-ft's loss (``DetrModule.compute_loss``, its own output path
+    and criterion) equals ``model(pixel_values, pixel_mask, labels=...).loss`` from transformers."""
+    from detr_ft.checkpoint import model_from_checkpoint
+    from detr_ft.data.batching import Collator
+    from detr_ft.data.coco import load_index
+    from detr_ft.data.dataset import DetectionDataset
+    from detr_ft.engine import DetrModule, OptimConfig
+    from detr_ft.model.build import ModelBundle
+
+    model, resize, categories, family = model_from_checkpoint(varied_model.ckpt)
+    index = load_index(synthetic_dir, "train")
+    dataset = DetectionDataset(index, resize, train=False)
+    batch = Collator(resize.mean, resize.std)([dataset[i] for i in range(4)]).ready("cpu")
+    assert not batch.pixel_mask.all() and batch.valid.sum() > 4  # padded pixels and several objects
+    module = DetrModule(ModelBundle(model, resize, family, pretrained=False), categories, OptimConfig())
+    targets = [{"class_labels": batch.labels[i][batch.valid[i]], "boxes": batch.boxes[i][batch.valid[i]]}
+               for i in range(len(batch))]
+    with torch.no_grad():
+        theirs = model(pixel_values=batch.pixel_values, pixel_mask=batch.pixel_mask.long(), labels=targets)
+        ours = module.compute_loss(batch, with_aux=True)
+        last_layer_only = module.compute_loss(batch, with_aux=False)
+    assert len(theirs.auxiliary_outputs) == model.config.decoder_layers - 1 == 1
+    torch.testing.assert_close(ours["loss"], theirs.loss, atol=1e-5, rtol=1e-6)
+    for key in ("loss_ce", "loss_bbox", "loss_giou"):
+        torch.testing.assert_close(ours[key], theirs.loss_dict[key], atol=1e-5, rtol=1e-6, msg=key)
+    assert abs(last_layer_only["loss"] - theirs.loss) > 1e-2  # the auxiliary head counts

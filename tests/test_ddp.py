@@ -1,5 +1,6 @@
 """Multi-process training: the criterion normalises over the global batch, and
-a 2-process CPU (gloo) run matches one process over the same global batch."""
+a 2-process CPU (gloo) run matches one process over the same global batch: losses,
+weights after several steps, and validation mAP from detections gathered across processes."""
 
 import csv
 import json
@@ -7,11 +8,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
 from detr_ft.model.criterion import SetCriterion
 from detr_ft.model.matcher import HungarianMatcher
@@ -71,31 +72,44 @@ def test_criterion_under_ddp_equals_one_process_over_the_global_batch(tmp_path):
     torch.testing.assert_close(torch.cat([p["g_boxes"] for p in parts]) / 2, g_boxes, rtol=0, atol=1e-10)
 
 
-def frozen_bn_model_dir(path):
-    """A tiny DETR in Hugging Face format (frozen batch norm, like a pretrained checkpoint), so that
-    per-process batch statistics play no part and one process equals two exactly."""
-    backbone = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1],
-                            layer_type="basic", out_features=["stage4"])
-    torch.manual_seed(0)
-    DetrForObjectDetection(DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False,
-                                      backbone_config=backbone, d_model=32, encoder_layers=1, decoder_layers=1,
-                                      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
-                                      decoder_ffn_dim=64, num_queries=8, dropout=0.0, num_labels=5)
-                           ).save_pretrained(path)
-    return path
+def step_losses(out) -> list[float]:
+    return [float(r["train_loss"]) for r in csv.DictReader(open(out / "metrics.csv")) if r["train_loss"]]
 
 
-def first_loss(out):
-    rows = [r for r in csv.DictReader(open(out / "metrics.csv")) if r["train_loss"]]
-    return float(rows[0]["train_loss"])
+def data_the_model_finds(varied_model, synthetic_dir, out):
+    """synthetic_dir's training split, and a test split whose one object per image is the varied model's
+    most confident detection there: the model's validation mAP50 is high, and it counts only if every
+    image's detections reach the evaluation (half of them from each of two processes)."""
+    import shutil
+
+    from detr_ft import Detector
+    from detr_ft.data.coco import load_index
+
+    shutil.copytree(synthetic_dir, out)
+    doc = json.loads((out / "annotations" / "test.json").read_text())
+    index = load_index(out, "test")
+    detector = Detector.load(varied_model.ckpt, device="cpu")
+    found = detector.predict([index.load_image(r) for r in index.records], threshold=0.0)
+    doc["annotations"] = []
+    for record, dets in zip(index.records, found):
+        x0, y0, x1, y1 = dets[0]["box"]
+        doc["annotations"].append({"id": len(doc["annotations"]) + 1, "image_id": record.image_id, "iscrowd": 0,
+                                   "category_id": dets[0]["category_id"], "bbox": [x0, y0, x1 - x0, y1 - y0],
+                                   "area": (x1 - x0) * (y1 - y0)})
+    (out / "annotations" / "test.json").write_text(json.dumps(doc))
+    return out
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_match_one(synthetic_dir, tmp_path):
-    model = frozen_bn_model_dir(tmp_path / "model")
-    common = [sys.executable, "-m", "detr_ft", "train", "--data-dir", str(synthetic_dir), "--model", str(model),
-              "--device", "cpu", "--max-steps", "2", "--pad", "--num-buckets", "1", "--num-workers", "0",
-              "--train-only", "--seed", "3", "--hflip", "0"]
+def test_two_cpu_processes_match_one_in_weights_and_validation(varied_model, synthetic_dir, tmp_path):
+    """4 steps (global batch 4) and a validation: the same losses step by step, the same weights after the
+    4 steps (at a learning rate low enough that the model still finds its objects), and the same validation mAP, which each process computes from the detections of all 8 images
+    (gathered across processes; each process saw 4)."""
+    data = data_the_model_finds(varied_model, synthetic_dir, tmp_path / "data")
+    # the export as a local model: its batch norms frozen, so per-process batch statistics play no part
+    common = [sys.executable, "-m", "detr_ft", "train", "--data-dir", str(data), "--model", str(varied_model.export),
+              "--device", "cpu", "--max-epochs", "1", "--pad", "--num-buckets", "1", "--num-workers", "0",
+              "--seed", "3", "--hflip", "0", "--max-inf-frames", "0", "--lr", "1e-6", "--lr-backbone", "1e-6"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([*common, "--batch-size", "4", "--output-dir", str(tmp_path / "one")],
                          capture_output=True, text=True, timeout=300, env=env)
@@ -103,7 +117,18 @@ def test_two_cpu_processes_match_one(synthetic_dir, tmp_path):
     two = subprocess.run([*common, "--batch-size", "2", "--devices", "2", "--strategy", "ddp",
                           "--output-dir", str(tmp_path / "two")], capture_output=True, text=True, timeout=300, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
-    summary = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert summary["world_size"] == 2 and summary["steps"] == 2
+    summary = {n: json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two")}
+    assert summary["two"]["world_size"] == 2 and summary["one"]["steps"] == summary["two"]["steps"] == 4
     assert two.stdout.count("detr-ft train: outputs in") == 1  # only rank 0 reports
-    assert abs(first_loss(tmp_path / "two") - first_loss(tmp_path / "one")) < 1e-4
+    np.testing.assert_allclose(step_losses(tmp_path / "two"), step_losses(tmp_path / "one"), rtol=0, atol=1e-4)
+    weights = {n: torch.load(tmp_path / n / "last.ckpt", weights_only=True)["state_dict"] for n in ("one", "two")}
+    assert weights["one"].keys() == weights["two"].keys()
+    start = torch.load(varied_model.ckpt, weights_only=True)["state_dict"]
+    for key in weights["one"]:  # Adam moves each weight by ~lr a step: compare the moves, which float32 resolves
+        moved = (weights["one"][key] - start[key]).abs().max().item()
+        apart = (weights["two"][key] - weights["one"][key]).abs().max().item()
+        assert apart <= 0.05 * moved + 1e-7, (key, moved, apart)
+    assert max((weights["one"][k] - start[k]).abs().max().item() for k in weights["one"]) > 2e-6
+    assert summary["one"]["map_50"] > 0.5
+    assert summary["two"]["map_50"] == pytest.approx(summary["one"]["map_50"], abs=1e-6)
+    assert summary["two"]["map"] == pytest.approx(summary["one"]["map"], abs=1e-6)

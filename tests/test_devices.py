@@ -49,7 +49,7 @@ def habana(monkeypatch):
     return types.SimpleNamespace(classes=classes, wrapped=wrapped)
 
 
-def test_hpu_training_uses_lightning_habana(habana):
+def test_hpu_training_wires_the_habana_stand_ins_accelerator_strategies_and_precision(habana):
     one = trainer_device("hpu", devices=1, num_nodes=1, strategy="auto", autocast=True)
     assert type(one.accelerator).__name__ == "HPUAccelerator"
     assert type(one.strategy).__name__ == "SingleHPUStrategy"

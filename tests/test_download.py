@@ -140,6 +140,10 @@ def test_progress_bar_and_missing_parents(server, tmp_path, capsys):
     download_dataset(out, url=server.serve("d.tar.gz", data), md5=_md5(data).upper(), timeout=5)
     assert (out / "annotations" / "train.json").is_file()
     assert sorted(p.name for p in out.parent.iterdir()) == ["cppe5"]
+    bar = capsys.readouterr().err
+    assert "d.tar.gz" in bar and "100%" in bar  # tqdm's bar on stderr, named after the file, to the end
+    download_dataset(tmp_path / "quiet", url=server.serve("d.tar.gz", data), progress=False, timeout=5, md5=None)
+    assert "d.tar.gz" not in capsys.readouterr().err
 
 
 def test_wrong_checksum_leaves_nothing(server, work):
@@ -147,6 +151,20 @@ def test_wrong_checksum_leaves_nothing(server, work):
     with pytest.raises(UserError, match="MD5.*--data-dir"):
         _fetch(server.serve("d.tar.gz", _tarball()), work / "cppe5", "0" * 32)
     assert _tree(work) == before
+
+
+def test_md5_is_checked_before_anything_is_unpacked(server, work, monkeypatch):
+    """A wrong checksum stops the download before the archive is opened for extraction (a tarball
+    is never read unless it is the expected file); with the right one it is opened once."""
+    data = _tarball()
+    opened = []
+    real_open = tarfile.open
+    monkeypatch.setattr(dl.tarfile, "open", lambda *a, **k: opened.append((a, k)) or real_open(*a, **k))
+    with pytest.raises(UserError, match="MD5"):
+        download_dataset(work / "cppe5", url=server.serve("d.tar.gz", data), md5="0" * 32, timeout=5)
+    assert opened == [] and not (work / "cppe5").exists()
+    download_dataset(work / "cppe5", url=server.serve("d.tar.gz", data), md5=_md5(data), timeout=5)
+    assert len(opened) == 1 and (work / "cppe5" / "annotations" / "train.json").is_file()
 
 
 def test_failure_removes_parents_it_created(server, work):

@@ -1,11 +1,9 @@
 """Export to the Hugging Face format: transformers' own loaders and pipeline agree with detr-ft.
 
-The parity tests run a briefly trained detr-tiny (the ``trained_run`` fixture) and
-compare every detection (threshold 0: all queries, so no detection sits on a
-threshold boundary) without relying on their order, since a briefly trained DETR
-gives near-equal scores to many queries. The images are the synthetic test
-images scaled up to ~240 px: the pipeline rounds boxes to whole pixels, which
-must stay well inside "1 % of the image size".
+The parity tests run models whose queries differ (the ``varied_model`` fixture: seeded weights,
+checked to spread labels, scores and boxes) on a portrait, a landscape, a square and an odd-sized
+image, and compare every query (threshold 0): the same label, score within 1e-4, box within half a
+pixel (``assert_same_detections``).
 """
 
 from __future__ import annotations
@@ -13,16 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import AGREEMENT_SIZES, assert_same_detections, coco_as_detections, spread_any_family, write_checkpoint
 from detr_ft.cli import main
 
 pytestmark = pytest.mark.compat
-
-SCORE_TOL = 0.01
-BOX_TOL = 0.01  # of the image's longer side
 
 
 @pytest.fixture(scope="module")
@@ -30,37 +25,6 @@ def exported(trained_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "hf"
     assert main(["export", "--ckpt-path", str(trained_run / "last.ckpt"), "--out", str(out)]) == 0
     return out
-
-
-@pytest.fixture(scope="module")
-def big_images(synthetic_dir, tmp_path_factory) -> list[Path]:
-    """The 8 test images, 2.5x larger (PNG, so no new compression artefacts)."""
-    out = tmp_path_factory.mktemp("big")
-    doc = json.loads((synthetic_dir / "annotations" / "test.json").read_text())
-    paths = []
-    for im in doc["images"]:
-        with Image.open(synthetic_dir / "images" / im["file_name"]) as src:
-            big = src.convert("RGB").resize((round(src.width * 2.5), round(src.height * 2.5)), Image.BILINEAR)
-        paths.append(out / (Path(im["file_name"]).stem + ".png"))
-        big.save(paths[-1])
-    return paths
-
-
-def unmatched(expected: list[dict], actual: list[dict], size: int) -> list[dict]:
-    """The detections of ``expected`` with no partner in ``actual`` (same label, score within
-    SCORE_TOL, box within BOX_TOL * size); each partner is used once. Boxes are [x0, y0, x1, y1]."""
-    free = list(actual)
-    missing = []
-    for det in sorted(expected, key=lambda d: -d["score"]):
-        errors = [max(abs(a - b) for a, b in zip(det["box"], other["box"])) / size
-                  if other["label"] == det["label"] and abs(other["score"] - det["score"]) <= SCORE_TOL else np.inf
-                  for other in free]
-        best = int(np.argmin(errors)) if errors else -1
-        if best < 0 or errors[best] > BOX_TOL:
-            missing.append(det)
-        else:
-            free.pop(best)
-    return missing
 
 
 def pipeline_detections(model_dir: Path, images: list[Path], threshold: float) -> list[list[dict]]:
@@ -109,73 +73,107 @@ def test_from_pretrained_loads_every_weight(exported, trained_run):
             assert torch.equal(theirs[key], value), key
 
 
-def test_pipeline_matches_detr_ft_predict(exported, trained_run, big_images, tmp_path):
-    # One image per batch, as the pipeline runs: in a batch, images are padded to a common size,
-    # which moves a DETR's scores by ~1e-3, enough to swap the near-equal classes of a briefly
-    # trained model (the pipeline with batch_size > 1 pads the same way).
-    out = tmp_path / "pred"
-    assert main(["predict", "--ckpt-path", str(trained_run / "last.ckpt"), "--images", *map(str, big_images),
+@pytest.fixture(scope="module")
+def predict_and_pipeline(varied_model, tmp_path_factory) -> tuple[dict, dict]:
+    """Per image name of ``varied_model.images``: the detections of ``detr-ft predict`` on the checkpoint
+    and of transformers' pipeline on its export, all 20 queries (threshold 0) of each image."""
+    out = tmp_path_factory.mktemp("pred")
+    images = varied_model.images
+    assert main(["predict", "--ckpt-path", str(varied_model.ckpt), "--images", *map(str, images.values()),
                  "--threshold", "0", "--batch-size", "1", "--output-dir", str(out)]) == 0
-    records = json.loads((out / "detections.json").read_text())
-    config = json.loads((exported / "config.json").read_text())
+    config = json.loads((varied_model.export / "config.json").read_text())
     name_of = {cid: config["id2label"][str(i)] for i, cid in enumerate(config["category_ids"])}
-    ours = [[{"label": name_of[r["category_id"]], "score": r["score"],
-              "box": [r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]]}
-             for r in records if r["file_name"] == str(p)] for p in big_images]
-    theirs = pipeline_detections(exported, big_images, threshold=0.0)
-    for path, a, b in zip(big_images, ours, theirs):
-        size = max(Image.open(path).size)
-        assert len(a) == len(b) > 0
-        assert not unmatched(b, a, size), (path.name, unmatched(b, a, size)[:3])
+    ours = coco_as_detections(json.loads((out / "detections.json").read_text()), name_of)
+    theirs = pipeline_detections(varied_model.export, list(images.values()), threshold=0.0)
+    return ({name: ours[str(path)] for name, path in images.items()},
+            {name: dets for name, dets in zip(images, theirs)})
 
 
-def test_detector_on_the_export_matches_the_pipeline(exported, big_images):
+# Known differences from transformers' processor, each enough to move this model's scores by ~1e-3:
+# the output size (issue 20: a pixel short of transformers' on portrait, landscape and odd shapes) and
+# the resize kernel (detr-ft resizes uint8 with torch's antialiased bilinear, up to 2 grey levels from
+# Pillow's BILINEAR that transformers uses). Strict: each case flips to a failure once both are fixed.
+KERNEL = "detr-ft's torch resize kernel differs from Pillow's bilinear by up to 2 grey levels"
+SIZE_AND_KERNEL = f"issue 20: resize off by a pixel; and {KERNEL}"
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param("portrait", marks=pytest.mark.xfail(strict=True, reason=SIZE_AND_KERNEL)),
+    pytest.param("landscape", marks=pytest.mark.xfail(strict=True, reason=SIZE_AND_KERNEL)),
+    pytest.param("square", marks=pytest.mark.xfail(strict=True, reason=KERNEL)),
+    pytest.param("odd", marks=pytest.mark.xfail(strict=True, reason=SIZE_AND_KERNEL)),
+])
+def test_pipeline_on_the_export_matches_detr_ft_predict_query_by_query(name, predict_and_pipeline):
+    """Each query: the same label, score within 1e-4, box within half a pixel. The pipeline writes each
+    box coordinate as a whole pixel (``int()``, unclipped): ours must lie in that pixel (give or take
+    detections.json's 0.01 rounding), theirs clipped to the image as detr-ft's are."""
+    ours, theirs = predict_and_pipeline
+    width, height = AGREEMENT_SIZES[name]
+    pixel_centres = [{**d, "box": [min(max(v, 0), limit) + 0.5 for v, limit in zip(d["box"], (width, height) * 2)]}
+                     for d in theirs[name]]
+    assert_same_detections(pixel_centres, ours[name], box_tol=0.51, where=name)
+
+
+def test_detector_on_the_export_matches_the_checkpoint_query_by_query(varied_model):
     from detr_ft import Detector
 
-    detector = Detector.load(exported)
-    ours = detector.predict(big_images, threshold=0.0, batch_size=1)
-    theirs = pipeline_detections(exported, big_images, threshold=0.0)
-    labels = set()
-    for path, a, b in zip(big_images, ours, theirs):
-        assert len(a) == len(b) > 0
-        assert not unmatched(b, a, max(Image.open(path).size))
-        labels |= {d["label"] for d in b}
-    assert labels <= set(detector.categories.names)
+    images = list(varied_model.images.values())
+    from_export = Detector.load(varied_model.export, device="cpu").predict(images, threshold=0.0)
+    from_ckpt = Detector.load(varied_model.ckpt, device="cpu").predict(images, threshold=0.0)
+    for name, a, b in zip(varied_model.images, from_ckpt, from_export):
+        assert_same_detections(a, b, where=name)
 
 
-@pytest.mark.parametrize("preset", ["conditional-detr-tiny"])
-def test_pipeline_parity_of_another_family(preset, synthetic_dir, big_images, tmp_path):
+@pytest.fixture(scope="module")
+def conditional_export(varied_model, synthetic_dir, tmp_path_factory) -> Path:
+    """A Conditional DETR export whose queries differ (seeded weights, ``spread_any_family``)."""
+    import torch
+
+    from detr_ft.data.coco import load_index
+    from detr_ft.export import export
+    from detr_ft.model.build import build_model
+
+    out = tmp_path_factory.mktemp("conditional")
+    categories = load_index(synthetic_dir, "train").categories
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        bundle = build_model("conditional-detr-tiny", categories.id2label)
+    spread_any_family(bundle.model)
+    return export(str(write_checkpoint(bundle, categories, out / "model.ckpt")), out / "hf")
+
+
+@pytest.mark.parametrize("name", [
+    "portrait", "landscape", "square",
+    pytest.param("odd", marks=pytest.mark.xfail(strict=True, reason="issue 20: resize off by a pixel")),
+])
+def test_pipeline_parity_of_another_family_query_by_query(name, conditional_export, varied_model):
     """Conditional DETR: sigmoid scores and top-100 (query, class) pairs, as its processor does."""
     from detr_ft import Detector
-    from detr_ft.config import TrainConfig
-    from detr_ft.export import export
-    from detr_ft.train import fit
 
-    fit(TrainConfig(output_dir=str(tmp_path / "run"), data_dir=str(synthetic_dir), model=preset, max_steps=1,
-                    max_epochs=-1, batch_size=2, num_workers=0, train_only=True, max_inf_frames=0, device="cpu"))
-    model_dir = export(str(tmp_path / "run" / "last.ckpt"), tmp_path / "hf")
-    images = big_images[:3]
-    ours = Detector.load(model_dir).predict(images, threshold=0.0, batch_size=1)
-    theirs = pipeline_detections(model_dir, images, threshold=0.0)
-    for path, a, b in zip(images, ours, theirs):
-        assert len(a) == len(b) > 0
-        assert not unmatched(b, a, max(Image.open(path).size))
+    path = varied_model.images[name]
+    ours = Detector.load(conditional_export, device="cpu").predict(path, threshold=0.0, batch_size=1)
+    (theirs,) = pipeline_detections(conditional_export, [path], threshold=0.0)
+    width, height = AGREEMENT_SIZES[name]
+    pixel_centres = [{**d, "box": [min(max(v, 0), limit) + 0.5 for v, limit in zip(d["box"], (width, height) * 2)]}
+                     for d in theirs]
+    assert_same_detections(pixel_centres, ours, box_tol=0.51, where=name)
 
 
-def test_model_dir_fine_tunes_further_from_the_export(exported, synthetic_dir, big_images, tmp_path):
+def test_model_dir_fine_tunes_further_from_the_export(varied_model, synthetic_dir, tmp_path):
     """--model DIR starts from the exported weights: with a learning rate of ~0 the
-    fine-tuned checkpoint predicts what the export predicts."""
+    fine-tuned checkpoint predicts what the export predicts, query by query."""
     from detr_ft import Detector
 
     out = tmp_path / "again"
-    assert main(["train", "--data-dir", str(synthetic_dir), "--model", str(exported), "--max-steps", "2",
+    assert main(["train", "--data-dir", str(synthetic_dir), "--model", str(varied_model.export), "--max-steps", "2",
                  "--batch-size", "4", "--num-workers", "0", "--lr", "1e-12", "--lr-backbone", "1e-12",
-                 "--train-only", "--output-dir", str(out)]) == 0
+                 "--train-only", "--max-inf-frames", "0", "--output-dir", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["steps"] == 2
-    before = Detector.load(exported).predict(big_images[:2], threshold=0.0, batch_size=1)
-    after = Detector.load(out / "last.ckpt").predict(big_images[:2], threshold=0.0, batch_size=1)
-    for path, a, b in zip(big_images, after, before):
-        assert not unmatched(b, a, max(Image.open(path).size))
+    images = list(varied_model.images.values())
+    before = Detector.load(varied_model.export, device="cpu").predict(images, threshold=0.0)
+    after = Detector.load(out / "last.ckpt", device="cpu").predict(images, threshold=0.0)
+    for name, a, b in zip(varied_model.images, after, before):
+        assert_same_detections(b, a, where=name)
 
 
 def test_export_mistakes_exit_2_with_one_line(trained_run, tmp_path, capsys):
@@ -187,3 +185,36 @@ def test_export_mistakes_exit_2_with_one_line(trained_run, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "not a model directory" in err[0] and "nope.ckpt" in err[1]
     assert (busy / "notes.txt").read_text() == "mine" and len(list(busy.iterdir())) == 1
+
+
+@pytest.mark.parametrize("family", ["detr", "conditional_detr"])
+def test_detector_matches_transformers_post_processing_of_the_same_pixels(family, varied_model, request):
+    """Passes while the pipeline's preprocessing differs (above): the pixels detr-ft feeds, through the
+    export's model and its image processor's ``post_process_object_detection``, give detr-ft's detections,
+    query by query (Conditional DETR: its top 100 (query, class) pairs)."""
+    import torch
+    from transformers import AutoImageProcessor
+
+    from detr_ft import Detector
+    from detr_ft.export import load_export
+
+    model_dir = varied_model.export if family == "detr" else request.getfixturevalue("conditional_export")
+    detector = Detector.load(model_dir, device="cpu")
+    model, _, categories = load_export(model_dir)
+    processor = AutoImageProcessor.from_pretrained(str(model_dir))
+    labels = set()
+    for name, path in varied_model.images.items():
+        ours = detector.predict(path, threshold=0.0)
+        image = Image.open(path).convert("RGB")
+        batch = detector.collator([detector.sample(image)]).ready("cpu")
+        with torch.no_grad():
+            outputs = model(pixel_values=batch.pixel_values, pixel_mask=batch.pixel_mask.long())
+        found = processor.post_process_object_detection(outputs, threshold=0.0,
+                                                        target_sizes=[(image.height, image.width)])[0]
+        width, height = image.size
+        theirs = [{"label": categories.names[int(label)], "score": float(score),
+                   "box": [min(max(v, 0.0), limit) for v, limit in zip(box.tolist(), (width, height) * 2)]}
+                  for score, label, box in zip(found["scores"], found["labels"], found["boxes"])]
+        assert_same_detections(theirs, ours, where=name)
+        labels |= {d["label"] for d in ours}
+    assert len(labels) >= 2  # queries that differ

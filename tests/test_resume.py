@@ -265,3 +265,41 @@ def test_resume_with_another_ema_setting_is_a_clear_error(ema, trained_run, synt
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1, err
     assert f"--resume: {out / 'last.ckpt'} was written {'without' if ema == '--ema' else 'with'} --ema" in err
+
+
+def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_last_ckpt(varied_model, tmp_path, monkeypatch):
+    """Training's checkpoint IO writes ``last.ckpt`` atomically: a save that dies after writing part of
+    the file (a full disk, a kill) leaves the previous ``last.ckpt`` whole and loadable, and no
+    temporary file behind."""
+    import io
+
+    from detr_ft import checkpoint as checkpoint_module
+    from detr_ft.checkpoint import load_checkpoint
+    from detr_ft.resume import AtomicCheckpointIO
+
+    io_plugin = AtomicCheckpointIO()
+    first = load_checkpoint(varied_model.ckpt)
+    io_plugin.save_checkpoint(first, tmp_path / "last.ckpt")
+    second = {**first, "global_step": 7,
+              "state_dict": {k: v + 1 if v.is_floating_point() else v for k, v in first["state_dict"].items()}}
+    real_save = torch.save
+
+    def dies_midway(obj, f, *args, **kwargs):
+        whole = io.BytesIO()
+        real_save(obj, whole, *args, **kwargs)
+        part = whole.getvalue()[: len(whole.getvalue()) // 2]
+        if isinstance(f, (str, os.PathLike)):
+            Path(f).write_bytes(part)
+        else:
+            f.write(part)
+            f.flush()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", dies_midway)
+    with pytest.raises(OSError, match="No space"):
+        io_plugin.save_checkpoint(second, tmp_path / "last.ckpt")
+    monkeypatch.undo()
+    kept = load_checkpoint(tmp_path / "last.ckpt")
+    assert kept["global_step"] == first["global_step"]
+    assert all(torch.equal(kept["state_dict"][k], v) for k, v in first["state_dict"].items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]

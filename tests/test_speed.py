@@ -19,7 +19,18 @@ from detr_ft.model.outputs import detection_outputs
 from detr_ft.model.speed import (FrozenNormConv2d, FusedAwayNorm, fold_batch_norms, fuse_frozen_norms, model_pixels,
                                  use_channels_last)
 
+from conftest import assert_same_detections, coco_as_detections
+
 pytestmark = pytest.mark.compat  # transformers' module layouts differ between 4.57 and 5.x
+
+
+# bf16 autocast against float32 on the varied model: per query, scores moved by up to 0.019 and boxes by
+# up to 1.35 px (measured on its four images)
+AUTOCAST_SCORE_TOL = 0.03
+AUTOCAST_BOX_TOL = 2.0  # pixels
+# bf16 may swap the near-equal top two classes of a query (seen with transformers 4.57's init of the
+# varied model: 0.321 vs 0.316): labels are compared where float32's score leaves no near-equal runner-up
+AUTOCAST_LABELS_FROM = 0.5 + AUTOCAST_SCORE_TOL
 
 
 def _batch(index, resize, n=3, train=False):
@@ -297,8 +308,9 @@ def test_train_uses_channels_last_unless_told_not_to(synthetic_dir, tmp_path):
     assert conv_layouts(channels_last=False) == {False}
 
 
-def test_predict_and_eval_with_and_without_channels_last_agree(trained_run, synthetic_dir, tmp_path, monkeypatch):
-    """The CLI's --no-channels-last reaches the Detector; both layouts give the same detections."""
+def test_predict_and_eval_with_and_without_channels_last_agree(varied_model, synthetic_dir, tmp_path, monkeypatch):
+    """The CLI's --no-channels-last reaches the Detector; both layouts give the same detections, query by
+    query (a model whose queries differ, on images of every orientation)."""
     import json
 
     from detr_ft.cli import main
@@ -307,37 +319,50 @@ def test_predict_and_eval_with_and_without_channels_last_agree(trained_run, synt
     converted = []
     real = speed.use_channels_last
     monkeypatch.setattr(speed, "use_channels_last", lambda model: converted.append(1) or real(model))
-    ckpt, data = str(trained_run / "last.ckpt"), str(synthetic_dir)
+    ckpt, data = str(varied_model.ckpt), str(synthetic_dir)
     found = {}
     for flag, conversions in (("--channels-last", 2), ("--no-channels-last", 0)):
         converted.clear()
         out = tmp_path / flag
-        assert main(["predict", "--ckpt-path", ckpt, "--data-dir", data, "--threshold", "0", "--max-inf-frames", "3",
-                     "--device", "cpu", flag, "--output-dir", str(out / "predict")]) == 0
+        assert main(["predict", "--ckpt-path", ckpt, "--images", *map(str, varied_model.images.values()),
+                     "--threshold", "0", "--device", "cpu", flag, "--output-dir", str(out / "predict")]) == 0
         assert main(["eval", "--ckpt-path", ckpt, "--data-dir", data, "--device", "cpu", flag,
                      "--output-dir", str(out / "eval")]) == 0
         assert len(converted) == conversions, flag  # predict's Detector and eval's
-        found[flag] = (json.loads((out / "predict" / "detections.json").read_text()),
-                       json.loads((out / "eval" / "metrics.json").read_text()))
-    (dets_a, metrics_a), (dets_b, metrics_b) = found.values()
-    assert len(dets_a) == len(dets_b) > 0
-    for a, b in zip(sorted(dets_a, key=lambda d: (d["image_id"], -d["score"])),
-                    sorted(dets_b, key=lambda d: (d["image_id"], -d["score"]))):
-        assert a["image_id"] == b["image_id"] and a["score"] == pytest.approx(b["score"], abs=1e-4)
-    assert metrics_a["map"] == pytest.approx(metrics_b["map"], abs=1e-3)
+        found[flag] = [coco_as_detections(json.loads((out / step / "detections.json").read_text()))
+                       for step in ("predict", "eval")]
+    for fast, plain in zip(*found.values()):
+        assert fast.keys() == plain.keys() and len(fast) >= 4
+        for image in fast:
+            assert_same_detections(plain[image], fast[image], where=image)
 
 
-def test_inference_autocast_runs_the_network_in_bf16(trained_run, synthetic_dir, tmp_path):
+def test_folded_norms_and_channels_last_predict_as_the_plain_model(varied_model, monkeypatch):
+    """The Detector's inference model (batch norms folded, channels-last) against the checkpoint's
+    model as it is (NCHW, batch norms kept), query by query on images of every orientation."""
+    from detr_ft import detector as detector_module
+    from detr_ft.detector import Detector
+
+    images = list(varied_model.images.values())
+    fast = Detector.load(varied_model.ckpt, device="cpu").predict(images, threshold=0.0)
+    monkeypatch.setattr(detector_module, "fold_batch_norms", lambda model: 0)
+    plain_detector = Detector.load(varied_model.ckpt, device="cpu", channels_last=False)
+    assert _norms(plain_detector.model) > 0
+    plain = plain_detector.predict(images, threshold=0.0)
+    for name, a, b in zip(varied_model.images, plain, fast):
+        assert_same_detections(a, b, where=name)
+
+
+def test_inference_autocast_runs_the_network_in_bf16(varied_model, synthetic_dir, tmp_path):
     """``--autocast`` for eval and predict: the convolutions run in bf16, the detections are the
-    float32 ones up to bf16 rounding."""
+    float32 ones up to bf16 rounding, query by query."""
     import json
 
     from detr_ft.cli import main
     from detr_ft.detector import Detector
 
-    ckpt = trained_run / "last.ckpt"
-    index = load_index(synthetic_dir, "test")
-    images = [index.load_image(r) for r in index.records[:4]]
+    ckpt = varied_model.ckpt
+    images = list(varied_model.images.values())
     plain, fast = Detector.load(ckpt, device="cpu"), Detector.load(ckpt, device="cpu", autocast=True)
     dtypes = {}
     for name, detector in (("plain", plain), ("fast", fast)):
@@ -349,12 +374,10 @@ def test_inference_autocast_runs_the_network_in_bf16(trained_run, synthetic_dir,
     with torch.autocast("cpu", dtype=torch.bfloat16):  # a caller's own autocast stays on
         plain.predict(images[:1])
     assert dtypes == {"plain": {torch.bfloat16}}
-    for dets_a, dets_b in zip(a, b):
-        assert len(dets_a) == len(dets_b) > 0
-        scores_a = sorted((d["score"] for d in dets_a), reverse=True)
-        scores_b = sorted((d["score"] for d in dets_b), reverse=True)
-        assert all(isinstance(s, float) for s in scores_b)
-        assert max(abs(x - y) for x, y in zip(scores_a, scores_b)) < 0.03
+    for name, dets_a, dets_b in zip(varied_model.images, a, b):
+        assert all(isinstance(d["score"], float) for d in dets_b)
+        assert_same_detections(dets_a, dets_b, score_tol=AUTOCAST_SCORE_TOL, box_tol=AUTOCAST_BOX_TOL, where=name,
+                               labels_from=AUTOCAST_LABELS_FROM)
 
     found = {}
     for flags in ([], ["--autocast"]):
@@ -363,12 +386,16 @@ def test_inference_autocast_runs_the_network_in_bf16(trained_run, synthetic_dir,
                      *flags, "--output-dir", str(out)]) == 0
         found[bool(flags)] = json.loads((out / "metrics.json").read_text())
     assert found[True]["autocast"] is True and found[False]["autocast"] is False
-    assert found[True]["map_50"] == pytest.approx(found[False]["map_50"], abs=0.05)
-    assert main(["predict", "--ckpt-path", str(ckpt), "--data-dir", str(synthetic_dir), "--device", "cpu",
-                 "--autocast", "--max-inf-frames", "2", "--output-dir", str(tmp_path / "predict")]) == 0
-    detections = json.loads((tmp_path / "predict" / "detections.json").read_text())
-    assert {d["image_id"] for d in detections} <= {r.image_id for r in index.records[:2]}
-    assert all(0.5 <= d["score"] <= 1.0 for d in detections)  # --threshold 0.5, float scores
+    out = tmp_path / "predict"
+    for flags in ([], ["--autocast"]):
+        assert main(["predict", "--ckpt-path", str(ckpt), "--images", *map(str, images), "--device", "cpu",
+                     "--threshold", "0", *flags, "--output-dir", str(out / f"{len(flags)}")]) == 0
+    plain_cli, fast_cli = (coco_as_detections(json.loads((out / f"{n}" / "detections.json").read_text()))
+                           for n in (0, 1))
+    assert plain_cli.keys() == fast_cli.keys() == {str(p) for p in images}
+    for image in plain_cli:
+        assert_same_detections(plain_cli[image], fast_cli[image], score_tol=AUTOCAST_SCORE_TOL,
+                               box_tol=AUTOCAST_BOX_TOL, where=image, labels_from=AUTOCAST_LABELS_FROM)
 
 
 @pytest.mark.parametrize("native", [False, True])

@@ -2,9 +2,11 @@
 
 import csv
 import json
+import multiprocessing
 
 import numpy as np
 import pytest
+import lightning as L
 import torch
 
 from detr_ft.cli import main
@@ -128,16 +130,24 @@ def step_losses(out):
 
 
 @pytest.mark.slow
-def test_compile_recompiles_at_most_k_plus_one(synthetic_dir, tmp_path, capsys):
-    """With every augmentation on (multi-scale, crops, zoom-outs): all on one canvas, no new shapes."""
+def test_compile_compiles_the_train_and_eval_forward_once_each_with_uneven_splits(tmp_path, capsys):
+    """18 training and 7 validation images, batch 4, ``--pad --num-buckets 2``: the training loader drops its
+    short last batch and validation fills its last one (3 images) with a blank image, so the compiled
+    forward sees one shape in training and one in validation: 2 compilations, the README's figure (at most
+    K + 1; "2, train and eval forward"). A short batch that got through would compile a third. Every
+    augmentation is on (multi-scale, crops, zoom-outs): all on one canvas, no new shapes."""
+    from detr_ft.data.synthetic import SyntheticSpec, generate
+
+    data = tmp_path / "data"
+    generate(data, train=18, val=7, seed=3, spec=SyntheticSpec(size=96, max_objects=4))
     k = 2
-    summary = run_train(synthetic_dir, tmp_path, "--max-epochs", "2", "--pad", "--num-buckets", str(k),
-                        "--compile", "--augment", "strong")
+    summary = run_train(data, tmp_path / "run", "--max-epochs", "1", "--pad", "--num-buckets", str(k), "--compile",
+                        "--augment", "strong")
     assert summary["canvases"] == [[192, 192]]
-    assert len(summary["buckets"]) <= k
-    assert 1 <= summary["recompiles"] <= k + 1
-    assert f"  recompiles: {summary['recompiles']}\n" in capsys.readouterr().out  # told, not only in the file
-    assert np.isfinite([float(x) for x in step_losses(tmp_path)]).all()
+    assert len(summary["buckets"]) <= k and summary["steps"] == 18 // 4
+    assert summary["recompiles"] == 2
+    assert "  recompiles: 2\n" in capsys.readouterr().out  # told, not only in the file
+    assert np.isfinite([float(x) for x in step_losses(tmp_path / "run")]).all()
 
 
 def test_pad_canvases_auto_reports_the_saving(synthetic_dir, tmp_path):
@@ -160,19 +170,65 @@ def test_no_pad_batches_images_of_like_shape(synthetic_dir, tmp_path, capsys):
     assert f"padded pixels: {summary['padded_pixel_fraction']:.1%}" in capsys.readouterr().out
 
 
-def test_deterministic_runs_are_bit_identical(synthetic_dir, tmp_path):
-    args = ["--max-epochs", "2", "--deterministic", "--pad", "--num-buckets", "1", "--train-only", "--seed", "5"]
-    run_train(synthetic_dir, tmp_path / "a", *args)
-    run_train(synthetic_dir, tmp_path / "b", *args)
+class _DuringTraining(L.Callback):
+    """What each training step saw: the loader's worker count, live child processes, whether
+    deterministic algorithms were on, and the output dtypes of every convolution and linear layer."""
+
+    def __init__(self):
+        self.steps: list[dict] = []
+        self._hooks: list = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        step = {"workers": trainer.train_dataloader.num_workers, "children": len(multiprocessing.active_children()),
+                "deterministic": torch.are_deterministic_algorithms_enabled(), "conv": set(), "linear": set()}
+        self.steps.append(step)
+        for layer in module.model.modules():
+            kind = "conv" if isinstance(layer, torch.nn.Conv2d) else "linear" if isinstance(layer, torch.nn.Linear) else ""
+            if kind:
+                self._hooks.append(layer.register_forward_hook(
+                    lambda m, i, o, kind=kind: step[kind].add(o.dtype)))
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+
+def train_watched(monkeypatch, synthetic_dir, out, *extra) -> list[dict]:
+    """``run_train`` through the CLI with a ``_DuringTraining`` callback inside the run; its steps."""
+    from detr_ft import train
+
+    watch = _DuringTraining()
+    real_fit = train.fit
+    monkeypatch.setattr(train, "fit", lambda cfg, extra_callbacks=(): real_fit(cfg, (*extra_callbacks, watch)))
+    run_train(synthetic_dir, out, *extra)
+    return watch.steps
+
+
+def test_deterministic_runs_are_bit_identical_with_single_process_loading(synthetic_dir, tmp_path, monkeypatch):
+    """``--deterministic --num-workers 2``: inside the run, no loader worker and deterministic algorithms
+    on; two runs give bit-identical losses and weights."""
+    assert not torch.are_deterministic_algorithms_enabled()
+    args = ["--max-epochs", "2", "--deterministic", "--num-workers", "2", "--pad", "--num-buckets", "1",
+            "--train-only", "--seed", "5"]
+    for run in ("a", "b"):
+        steps = train_watched(monkeypatch, synthetic_dir, tmp_path / run, *args)
+        assert len(steps) == 8 and all(s["workers"] == 0 and s["children"] == 0 and s["deterministic"]
+                                       for s in steps), steps
     assert step_losses(tmp_path / "a") == step_losses(tmp_path / "b")
     wa = torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)["state_dict"]
     wb = torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)["state_dict"]
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_autocast_trains_in_bf16_on_cpu(synthetic_dir, tmp_path):
-    run_train(synthetic_dir, tmp_path, "--max-steps", "3", "--autocast", "--train-only")
-    losses = [float(x) for x in step_losses(tmp_path)]
-    assert len(losses) == 3 and np.isfinite(losses).all()
-    config = (tmp_path / "config.yaml").read_text()
-    assert "autocast: true" in config
+def test_autocast_trains_in_bf16_on_cpu(synthetic_dir, tmp_path, monkeypatch):
+    """``--autocast``: every convolution and linear layer of each training step's forward runs in
+    bfloat16 (forward hooks inside the run); the losses stay finite. Without it, float32."""
+    steps = train_watched(monkeypatch, synthetic_dir, tmp_path / "bf16", "--max-steps", "2", "--autocast",
+                          "--train-only")
+    assert len(steps) == 2 and all(s["conv"] == s["linear"] == {torch.bfloat16} for s in steps), steps
+    losses = [float(x) for x in step_losses(tmp_path / "bf16")]
+    assert len(losses) == 2 and np.isfinite(losses).all()
+    assert "autocast: true" in (tmp_path / "bf16" / "config.yaml").read_text()
+    steps = train_watched(monkeypatch, synthetic_dir, tmp_path / "fp32", "--max-steps", "1", "--train-only")
+    assert steps[0]["conv"] == steps[0]["linear"] == {torch.float32}
