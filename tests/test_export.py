@@ -89,19 +89,18 @@ def predict_and_pipeline(varied_model, tmp_path_factory) -> tuple[dict, dict]:
             {name: dets for name, dets in zip(images, theirs)})
 
 
-# Known differences from transformers' processor, each enough to move this model's scores by ~1e-3:
-# the output size (issue 20: a pixel short of transformers' on portrait, landscape and odd shapes) and
-# the resize kernel (detr-ft resizes uint8 with torch's antialiased bilinear, up to 2 grey levels from
-# Pillow's BILINEAR that transformers uses). Strict: each case flips to a failure once both are fixed.
+# A known difference from transformers' processor, enough to move this model's scores by ~1e-3: the
+# resize kernel (detr-ft resizes uint8 with torch's antialiased bilinear, up to 2 grey levels from
+# Pillow's BILINEAR that transformers uses; the output sizes agree since the issue-20 fix). Strict:
+# each case flips to a failure once it is fixed.
 KERNEL = "detr-ft's torch resize kernel differs from Pillow's bilinear by up to 2 grey levels"
-SIZE_AND_KERNEL = f"issue 20: resize off by a pixel; and {KERNEL}"
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param("portrait", marks=pytest.mark.xfail(strict=True, reason=SIZE_AND_KERNEL)),
-    pytest.param("landscape", marks=pytest.mark.xfail(strict=True, reason=SIZE_AND_KERNEL)),
+    pytest.param("portrait", marks=pytest.mark.xfail(strict=True, reason=KERNEL)),
+    pytest.param("landscape", marks=pytest.mark.xfail(strict=True, reason=KERNEL)),
     pytest.param("square", marks=pytest.mark.xfail(strict=True, reason=KERNEL)),
-    pytest.param("odd", marks=pytest.mark.xfail(strict=True, reason=SIZE_AND_KERNEL)),
+    pytest.param("odd", marks=pytest.mark.xfail(strict=True, reason=KERNEL)),
 ])
 def test_pipeline_on_the_export_matches_detr_ft_predict_query_by_query(name, predict_and_pipeline):
     """Each query: the same label, score within 1e-4, box within half a pixel. The pipeline writes each
@@ -142,10 +141,7 @@ def conditional_export(varied_model, synthetic_dir, tmp_path_factory) -> Path:
     return export(str(write_checkpoint(bundle, categories, out / "model.ckpt")), out / "hf")
 
 
-@pytest.mark.parametrize("name", [
-    "portrait", "landscape", "square",
-    pytest.param("odd", marks=pytest.mark.xfail(strict=True, reason="issue 20: resize off by a pixel")),
-])
+@pytest.mark.parametrize("name", ["portrait", "landscape", "square", "odd"])
 def test_pipeline_parity_of_another_family_query_by_query(name, conditional_export, varied_model):
     """Conditional DETR: sigmoid scores and top-100 (query, class) pairs, as its processor does."""
     from detr_ft import Detector

@@ -126,6 +126,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
                    help="linear learning-rate warm-up over N optimizer steps, in every schedule (default %(default)s)")
     g.add_argument("--max-minutes", type=float, default=d.max_minutes, help="stop training after M minutes")
+    add_augment_args(p, d)
     g = p.add_argument_group("training recipe: EMA, best checkpoint, early stopping")
     g.add_argument("--ema", action=b, default=d.ema,
                    help="keep an exponential moving average of the weights; validation, best.ckpt, last.ckpt's "
