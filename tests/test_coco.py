@@ -148,10 +148,15 @@ def test_any_pillow_mode_loads_as_rgb(tmp_path, mode):
     assert out.mode == "RGB" and out.size == (20, 10)
 
 
-@pytest.mark.parametrize("size", [(300, 200), (64, 48), (200, 300), (333, 517)])
-def test_resize_gives_pillows_bilinear_pixels(size):
-    """The uint8 torch resize the dataset uses: Pillow's BILINEAR result within one grey level,
-    shrinking and enlarging."""
+@pytest.mark.compat
+@pytest.mark.parametrize("size", [(300, 200), (64, 48), (200, 300), (333, 517), (96, 171)])
+def test_resize_gives_the_pixels_of_transformers_image_processors(size):
+    """The uint8 resize the dataset, predict and export use: exactly the pixels of transformers'
+    processors' resize (Pillow's BILINEAR), shrinking and enlarging, so a model exported to the hub
+    format sees in ``pipeline()`` the pixels it was trained and evaluated on."""
+    from transformers.image_transforms import resize
+    from transformers.image_utils import ChannelDimension, PILImageResampling
+
     from detr_ft.data.transforms import image_tensor
 
     rng = np.random.default_rng(0)
@@ -159,11 +164,9 @@ def test_resize_gives_pillows_bilinear_pixels(size):
     noisy = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
     for pixels in (smooth, noisy):
         image = Image.fromarray(pixels)
-        h, w = size
-        ours = image_tensor(image, (h, w)).permute(1, 2, 0).numpy().astype(int)
-        pillow = np.asarray(image.resize((w, h), Image.BILINEAR)).astype(int)
-        assert ours.shape == pillow.shape
-        assert np.abs(ours - pillow).max() <= 1 and abs(np.mean(ours - pillow)) < 0.3  # rounding only
+        ours = image_tensor(image, size).permute(1, 2, 0).numpy()
+        theirs = resize(pixels, size, resample=PILImageResampling.BILINEAR, input_data_format=ChannelDimension.LAST)
+        assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
     assert torch.equal(image_tensor(image), torch.from_numpy(noisy).permute(2, 0, 1))  # no size: as it is
 
 

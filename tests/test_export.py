@@ -89,19 +89,7 @@ def predict_and_pipeline(varied_model, tmp_path_factory) -> tuple[dict, dict]:
             {name: dets for name, dets in zip(images, theirs)})
 
 
-# A known difference from transformers' processor, enough to move this model's scores by ~1e-3: the
-# resize kernel (detr-ft resizes uint8 with torch's antialiased bilinear, up to 2 grey levels from
-# Pillow's BILINEAR that transformers uses; the output sizes agree since the issue-20 fix). Strict:
-# each case flips to a failure once it is fixed.
-KERNEL = "detr-ft's torch resize kernel differs from Pillow's bilinear by up to 2 grey levels"
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param("portrait", marks=pytest.mark.xfail(strict=True, reason=KERNEL)),
-    pytest.param("landscape", marks=pytest.mark.xfail(strict=True, reason=KERNEL)),
-    pytest.param("square", marks=pytest.mark.xfail(strict=True, reason=KERNEL)),
-    pytest.param("odd", marks=pytest.mark.xfail(strict=True, reason=KERNEL)),
-])
+@pytest.mark.parametrize("name", ["portrait", "landscape", "square", "odd"])
 def test_pipeline_on_the_export_matches_detr_ft_predict_query_by_query(name, predict_and_pipeline):
     """Each query: the same label, score within 1e-4, box within half a pixel. The pipeline writes each
     box coordinate as a whole pixel (``int()``, unclipped): ours must lie in that pixel (give or take

@@ -152,19 +152,19 @@ def test_export_writes_the_thresholds_beside_the_checkpoint_into_both_formats(tm
     assert Detector.load(tmp_path / "out" / "model.onnx", device="cpu").thresholds == {1: 0.3, 4: 0.7}
 
 
-def test_numpy_resize_is_torch_resize():
-    """The runtime's NumPy resize gives detr-ft's torch resize pixel for pixel (shrink, enlarge,
-    one side only, odd sizes)."""
-    from detr_ft.data.resize_numpy import resize_uint8
-    from detr_ft.data.transforms import image_tensor
+def test_runtime_preprocessing_gives_the_checkpoints_pixels(exported, images):
+    """The runtime's PIL + NumPy sample and canvas batch are the torch path's ``Collator`` +
+    ``Batch.ready`` to float rounding (normalised pixels, padding, mask)."""
+    from detr_ft.detector import Detector
 
-    rng = np.random.default_rng(1)
-    for _ in range(40):
-        h, w, th, tw = (int(v) for v in rng.integers(5, 300, 4))
-        th = h if rng.random() < 0.2 else th
-        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        expected = image_tensor(Image.fromarray(image), (th, tw)).permute(1, 2, 0).numpy()
-        assert np.array_equal(resize_uint8(image, (th, tw)), expected), (h, w, th, tw)
+    preset, ckpt, onnx_path = exported
+    reference = Detector.load(ckpt, device="cpu")
+    reference.use_canvas(reference.resize.max_canvas)
+    runtime = Detector.load(onnx_path, device="cpu")
+    pixels, mask = runtime.canvas_batch([runtime.sample(im) for im in images])
+    batch = reference.collator([reference.sample(im) for im in images]).ready(torch.device("cpu"))
+    assert np.array_equal(mask, batch.pixel_mask.numpy().astype(np.int64))
+    assert np.abs(pixels - batch.pixel_values.numpy()).max() < 1e-5
 
 
 def run_cli(args: list[str]) -> subprocess.CompletedProcess:

@@ -1,8 +1,8 @@
 """Run an exported ONNX detector with ONNX Runtime: ``OnnxDetector``, the ``Detector`` API
 without torch (``Detector.load("model.onnx")`` returns one).
 
-Preprocessing is detr-ft's own, in PIL + NumPy: the resize is torch's, pixel for
-pixel (``data/resize_numpy.py``), normalisation and padding to the model's canvas
+Preprocessing is detr-ft's own, in PIL + NumPy: the resize is ``transforms.resize_image``
+(Pillow's BILINEAR, as in training), normalisation and padding to the model's canvas
 are ``Collator`` + ``Batch.ready``'s arithmetic in float32. Post-processing is
 ``model/postprocess.py``'s in NumPy: per image it costs well under 1 % of the
 network's time (README, "Deploy with ONNX"), so it stays out of the graph.
@@ -20,8 +20,7 @@ import numpy as np
 from PIL import Image
 
 from detr_ft.data.coco import Categories
-from detr_ft.data.resize_numpy import resize_uint8
-from detr_ft.data.transforms import ResizeSpec, to_rgb
+from detr_ft.data.transforms import ResizeSpec, resize_image, to_rgb
 from detr_ft.errors import UserError, first_line
 from detr_ft.image_input import as_image, detection_dicts
 from detr_ft.onnx_export import (METADATA_BATCH, METADATA_CANVAS, METADATA_CATEGORIES, METADATA_FAMILY,
@@ -160,7 +159,7 @@ class OnnxDetector:
     def sample(self, image: Image.Image, image_id: int = 0) -> ImageSample:
         image = to_rgb(image)
         size = self.resize.output_size(image.height, image.width)
-        return ImageSample(resize_uint8(np.asarray(image), size), image_id, (image.height, image.width))
+        return ImageSample(np.asarray(resize_image(image, size)), image_id, (image.height, image.width))
 
     def canvas_batch(self, samples: list[ImageSample]) -> tuple[np.ndarray, np.ndarray]:
         """pixel_values [B, 3, H, W] float32 normalised, 0 on padding, and pixel_mask [B, H, W]
