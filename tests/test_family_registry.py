@@ -18,18 +18,20 @@ from detr_ft.errors import UserError
 from detr_ft.model.build import build_model, resize_from_processor
 from detr_ft.model.families import FAMILIES, SUPPORTED_FAMILIES
 from detr_ft.model.outputs import detection_outputs
+from test_families import available
 
 pytestmark = pytest.mark.compat
 
 LABELS = {0: "circle", 1: "square", 2: "triangle"}
-PRESETS = [f.preset for f in FAMILIES]
-TRANSFORMERS_LOSS_PRESETS = [f.preset for f in FAMILIES if not f.criterion_pads_targets]
+FAMILY_PARAMS = [pytest.param(f, id=f.model_type, marks=p.marks)
+                 for f, p in zip(FAMILIES, available([f.preset for f in FAMILIES]))]
 # What the parity tests perturb, so that scores and boxes differ across queries: the class heads
 # and the learned queries (DETR's random init gives every query the same output).
-PERTURBED = ("class_labels_classifier", "class_embed", "enc_score_head", "query_position_embeddings")
+PERTURBED = ("class_labels_classifier", "class_embed", "enc_score_head", "query_position_embeddings",
+             "query_refpoint_embeddings")
 
 
-@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.model_type)
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
 def test_preset_builds_its_family_scored_as_registered(family):
     bundle = build_model(family.preset, LABELS)
     assert bundle.family == bundle.model.config.model_type == family.model_type
@@ -45,7 +47,7 @@ def test_preset_builds_its_family_scored_as_registered(family):
 # --- detr-ft's criterion: transformers' loss, whatever the padding ------------------------
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f.criterion_pads_targets], ids=lambda f: f.model_type)
+@pytest.mark.parametrize("family", [p for p in FAMILY_PARAMS if p.values[0].criterion_pads_targets])
 def test_criterion_is_the_familys_transformers_loss_and_padding_changes_nothing(family):
     """Every loss part (final and auxiliary layers) equals transformers' own loss for the family to
     1e-5; padded object slots, real objects first or scattered, change neither loss nor gradients."""
@@ -81,6 +83,14 @@ def test_criterion_is_the_familys_transformers_loss_and_padding_changes_nothing(
             assert (g is None) == (r is None)
             if g is not None:
                 torch.testing.assert_close(g, r, atol=1e-6, rtol=0)
+
+
+def test_a_family_this_transformers_lacks_is_one_line_naming_the_version(monkeypatch):
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    monkeypatch.delitem(CONFIG_MAPPING_NAMES, "deimv2", raising=False)  # as in transformers 4.57
+    with pytest.raises(UserError, match=r"--model deimv2-tiny: the deimv2 family needs transformers 5.18 or newer"):
+        build_model("deimv2-tiny", LABELS)
 
 
 # --- an unsupported detector -----------------------------------------------------------
@@ -171,7 +181,7 @@ def perturbed_model_dir(family, path):
     return path
 
 
-@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.model_type)
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
 def test_detector_on_a_directory_gives_the_pipelines_detections(family, aspect_images, tmp_path):
     from test_export import pipeline_detections
 
@@ -212,3 +222,32 @@ def mismatched(expected: list[dict], actual: list[dict], size: int) -> list[tupl
     partner = dict(zip(rows, cols))
     return [(e, actual[partner[i]] if i in partner else None) for i, e in enumerate(expected)
             if i not in partner or cost[i, partner[i]] > 1]
+
+
+# --- train --pad --num-buckets, --resume: bit-identical to an uninterrupted run -------------------
+
+NEW_FAMILY_PRESETS = available(["rtdetr-v2-tiny", "dfine-tiny", "deimv2-tiny", "deformable-detr-tiny", "dab-detr-tiny"])
+
+
+@pytest.mark.parametrize("preset", NEW_FAMILY_PRESETS)
+def test_train_pad_buckets_and_resume_bit_identical(preset, synthetic_dir, tmp_path, capsys):
+    """2 epochs of 2 steps == 1 epoch, then --resume to 2 (weights bit-identical); --num-buckets says in one
+    line that it has no effect where transformers' loss sees the real objects only."""
+    from detr_ft.model.families import family_of_preset
+
+    def train(out, epochs, *extra):
+        argv = ["train", "--data-dir", str(synthetic_dir), "--model", preset, "--batch-size", "8", "--num-workers",
+                "0", "--train-only", "--pad", "--num-buckets", "2", "--deterministic", "--max-epochs", str(epochs),
+                "--output-dir", str(out), "--lr", "1e-3", *extra]
+        assert main(argv) == 0
+        return capsys.readouterr().out
+
+    said = train(tmp_path / "part", 1)
+    note = [line for line in said.splitlines() if "--num-buckets has no effect" in line]
+    assert len(note) == (0 if family_of_preset(preset).criterion_pads_targets else 1)
+    train(tmp_path / "part", 2, "--resume")
+    train(tmp_path / "full", 2)
+    a = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "part" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 4
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])

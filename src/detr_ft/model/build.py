@@ -17,7 +17,7 @@ from torch import nn
 
 from detr_ft.data.transforms import UNNORMALISED, ResizeSpec
 from detr_ft.errors import UserError, first_line
-from detr_ft.model.families import FAMILIES, family_named
+from detr_ft.model.families import FAMILIES, family_named, family_of_preset
 
 DEFAULT_MODEL = "facebook/detr-resnet-50"
 # Revision of facebook/detr-resnet-50 whose backbone is a transformers ResNet, so timm is not needed.
@@ -76,6 +76,9 @@ def model_from_config(config) -> nn.Module:
 def build_model(name: str, id2label: dict[int, str], revision: str | None = None) -> ModelBundle:
     """Build the model that ``--model NAME`` names, with a head for ``id2label``."""
     if name in PRESETS:
+        family = family_of_preset(name)
+        if family is not None:
+            family.require_available(f"--model {name}")
         factory, resize = PRESETS[name]
         config = factory(len(id2label))
         config.update(_label_kwargs(id2label))
@@ -140,9 +143,10 @@ def check_family(model_dir: Path, what: str) -> None:
         return
     if model_type is not None:
         try:
-            family_named(model_type)
+            family = family_named(model_type)
         except UserError as e:
             raise UserError(f"{what}: {e}") from None
+        family.require_available(what)
 
 
 def resize_from_processor(source: str, kw: dict) -> ResizeSpec:

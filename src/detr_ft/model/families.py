@@ -46,6 +46,17 @@ class Family:
     resize: ResizeSpec
     processor: str
     loss_forward: Callable | None = None
+    needs_transformers: str | None = None  # a version that has the family, where 4.57 lacks it
+
+    def require_available(self, what: str) -> None:
+        """A ``UserError`` naming the transformers version the family needs, where the installed one lacks it."""
+        import transformers
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+        if self.model_type not in CONFIG_MAPPING_NAMES:
+            raise UserError(f"{what}: the {self.model_type} family needs transformers {self.needs_transformers} or "
+                            f"newer (this is {transformers.__version__}); pip install -U "
+                            f"'transformers>={self.needs_transformers}'")
 
     @property
     def criterion_pads_targets(self) -> bool:
@@ -70,6 +81,9 @@ FAMILIES: tuple[Family, ...] = (
            loss_forward=outputs.rtdetr_forward),
     Family("d_fine", "transformers", "sigmoid", outputs.rtdetr_outputs, "dfine-tiny", presets.dfine_tiny,
            ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", loss_forward=outputs.rtdetr_forward),
+    Family("deimv2", "transformers", "sigmoid", outputs.rtdetr_outputs, "deimv2-tiny", presets.deimv2_tiny,
+           ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", loss_forward=outputs.rtdetr_forward,
+           needs_transformers="5.18"),
 )
 
 SUPPORTED_FAMILIES = tuple(f.model_type for f in FAMILIES)

@@ -15,7 +15,7 @@
   reference points (anchor boxes in DAB-DETR), as their transformers forwards;
   sigmoid focal loss, C logits.
 - ``rtdetr_outputs`` / ``rtdetr_forward`` (the RT-DETR line: RT-DETR, RT-DETRv2,
-  D-FINE): transformers' own model and loss, fed the real objects only; they
+  D-FINE, DEIMv2): transformers' own model and loss, fed the real objects only; they
   need them in their forward for the denoising queries. logits have C entries.
 """
 
@@ -181,8 +181,9 @@ def rtdetr_forward(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: tor
     losses = None
     if targets is not None:
         parts = out.loss_dict
-        # detr-ft logs loss_ce / loss_bbox / loss_giou of the final layer; RT-DETR's class loss is varifocal.
-        losses = {"loss": out.loss, **parts, "loss_ce": parts["loss_vfl"]}
+        # detr-ft logs loss_ce / loss_bbox / loss_giou of the final layer; the class loss is varifocal
+        # (RT-DETR, RT-DETRv2, D-FINE) or matching-aware (DEIMv2).
+        losses = {"loss": out.loss, **parts, "loss_ce": parts["loss_vfl" if "loss_vfl" in parts else "loss_mal"]}
     return DetectionOutputs(logits, boxes, []), losses
 
 

@@ -104,3 +104,10 @@ def dfine_tiny(num_labels: int):
     from transformers import DFineConfig
 
     return DFineConfig(**_rtdetr_line_kwargs(num_labels))
+
+
+def deimv2_tiny(num_labels: int):
+    """DEIMv2 (dense one-to-one matching, matching-aware loss) on the RT-DETR line's tiny ResNet."""
+    from transformers import Deimv2Config
+
+    return Deimv2Config(**_rtdetr_line_kwargs(num_labels))
