@@ -251,3 +251,24 @@ def test_train_pad_buckets_and_resume_bit_identical(preset, synthetic_dir, tmp_p
     b = torch.load(tmp_path / "part" / "last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] == 4
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+
+def test_fine_tuning_a_fixed_size_directory_trains_and_exports_its_preprocessing(synthetic_dir, tmp_path):
+    """An RT-DETR directory whose processor resizes to 96 x 128 without normalising: training feeds
+    that (one static canvas) and the export carries it on."""
+    import json
+
+    from detr_ft.config import TrainConfig
+    from detr_ft.export import export
+    from detr_ft.model.families import family_named
+    from detr_ft.train import fit
+
+    model_dir = perturbed_model_dir(family_named("rt_detr"), tmp_path / "model")
+    _, module, summary = fit(TrainConfig(output_dir=str(tmp_path / "run"), data_dir=str(synthetic_dir),
+                                         model=str(model_dir), max_steps=1, max_epochs=-1, batch_size=4,
+                                         num_workers=0, train_only=True, max_inf_frames=0, device="cpu"))
+    assert [tuple(c) for c in summary["canvases"]] == [(96, 128)]  # one static canvas
+    assert module.bundle_info["resize"]["fixed"] == (96, 128)
+    processor = json.loads((export(str(tmp_path / "run" / "last.ckpt"), tmp_path / "hf")
+                            / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"height": 96, "width": 128} and processor["do_normalize"] is False
