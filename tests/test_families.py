@@ -24,7 +24,21 @@ pytestmark = pytest.mark.compat
 
 LABELS = {0: "circle", 1: "square", 2: "triangle"}
 CATEGORIES = Categories((1, 4, 9), ("circle", "square", "triangle"))  # non-contiguous ids on purpose
-NEW_PRESETS = ("conditional-detr-tiny", "rtdetr-tiny")
+
+
+def available(presets):
+    """The presets as pytest params, those of families the installed transformers lacks skipped."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    from detr_ft.model.families import family_of_preset
+
+    return [pytest.param(p, marks=pytest.mark.skipif(family_of_preset(p).model_type not in CONFIG_MAPPING_NAMES,
+                                                     reason="not in this transformers version")) for p in presets]
+
+
+NEW_PRESETS = available(("conditional-detr-tiny", "rtdetr-tiny", "rtdetr-v2-tiny", "dfine-tiny", "deimv2-tiny",
+                         "deformable-detr-tiny", "dab-detr-tiny"))
+RTDETR_LINE = available(("rtdetr-tiny", "rtdetr-v2-tiny", "dfine-tiny", "deimv2-tiny"))  # transformers' loss, denoising
 
 
 def images(batch_size: int, height: int, width: int, real_widths=None, seed: int = 0):
@@ -110,18 +124,19 @@ def test_local_rtdetr_directory_loads_with_a_head_for_the_dataset(tmp_path):
     assert out.logits.shape[-1] == 3
 
 
-def test_unsupported_family_is_one_clear_error(tmp_path):
+def test_local_deformable_detr_directory_loads_with_a_head_for_the_dataset(tmp_path):
+    """Deformable DETR, once refused, loads from a directory (4 bottleneck stages, 1 feature level)."""
     from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection
-
-    from detr_ft.errors import UserError
 
     config = DeformableDetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone=None,
                                   backbone_config=_small_resnet(), d_model=32, encoder_layers=1, decoder_layers=2,
                                   encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
                                   decoder_ffn_dim=32, num_queries=5, num_feature_levels=1, num_labels=3)
     DeformableDetrForObjectDetection(config).save_pretrained(tmp_path)
-    with pytest.raises(UserError, match="deformable_detr model; detr-ft trains detr, conditional_detr, rt_detr"):
-        build_model(str(tmp_path), LABELS)
+    bundle = build_model(str(tmp_path), LABELS)
+    assert bundle.family == "deformable_detr" and bundle.pretrained
+    out = detection_outputs(bundle.model.eval(), *images(1, 64, 64))
+    assert out.logits.shape == (1, 5, 3)
 
 
 # --- Conditional DETR ----------------------------------------------------------------
@@ -178,10 +193,11 @@ def test_focal_criterion_padding_changes_nothing(extra_slots):
 # --- RT-DETR -----------------------------------------------------------------------
 
 
-def test_rtdetr_loss_strips_the_padded_object_slots_before_transformers_loss():
-    """Same loss and gradients as transformers' own RT-DETR loss given the real objects only,
+@pytest.mark.parametrize("preset", RTDETR_LINE)
+def test_rtdetr_loss_strips_the_padded_object_slots_before_transformers_loss(preset):
+    """Same loss and gradients as transformers' own RT-DETR-line loss given the real objects only,
     with object slots padded or not, real objects first or scattered (denoising included)."""
-    model = build_model("rtdetr-tiny", LABELS).model.train()
+    model = build_model(preset, LABELS).model.train()
     pixel_values, pixel_mask = images(3, 64, 64)
     counts = [2, 0, 3]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -204,15 +220,17 @@ def test_rtdetr_loss_strips_the_padded_object_slots_before_transformers_loss():
         torch.testing.assert_close(losses["loss"], ref.loss)
         for key in ("loss_bbox", "loss_giou"):
             torch.testing.assert_close(losses[key], ref.loss_dict[key])
-        torch.testing.assert_close(losses["loss_ce"], ref.loss_dict["loss_vfl"])
+        class_loss = "loss_mal" if preset == "deimv2-tiny" else "loss_vfl"  # DEIMv2: matching-aware, else varifocal
+        torch.testing.assert_close(losses["loss_ce"], ref.loss_dict[class_loss])
         for g, r in zip(grads, ref_grads):
             assert (g is None) == (r is None)
             if g is not None:
                 torch.testing.assert_close(g, r)
 
 
-def test_rtdetr_batch_without_objects_trains():
-    model = build_model("rtdetr-tiny", LABELS).model.train()
+@pytest.mark.parametrize("preset", RTDETR_LINE)
+def test_rtdetr_batch_without_objects_trains(preset):
+    model = build_model(preset, LABELS).model.train()
     batch = make_batch(*images(2, 64, 64), *padded_targets([0, 0], 2, 3))
     _, losses = transformers_loss(model, batch)
     assert torch.isfinite(losses["loss"])
@@ -220,10 +238,11 @@ def test_rtdetr_batch_without_objects_trains():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_rtdetr_boxes_are_in_the_real_image_frame_on_any_canvas():
+@pytest.mark.parametrize("preset", RTDETR_LINE)
+def test_rtdetr_boxes_are_in_the_real_image_frame_on_any_canvas(preset):
     """RT-DETR ignores pixel_mask and needs sides divisible by 32: detr-ft pads the canvas to a
     multiple of 32 and maps boxes between the canvas and each real image (both ways)."""
-    model = build_model("rtdetr-tiny", LABELS).model.eval()
+    model = build_model(preset, LABELS).model.eval()
     pixel_values, pixel_mask = images(2, 64, 80, real_widths=[80, 40])  # 80 is not a multiple of 32
     with torch.no_grad():
         ours = detection_outputs(model, pixel_values, pixel_mask)
@@ -276,7 +295,7 @@ def test_sigmoid_postprocess_is_the_family_processors(family, processor, kwargs)
     logits = torch.randn(2, 12, 3, generator=gen) * 3
     boxes = torch.cat([0.3 + 0.4 * torch.rand(2, 12, 2, generator=gen), 0.1 + 0.3 * torch.rand(2, 12, 2, generator=gen)], -1)
     sizes = torch.tensor([[60, 90], [100, 80]])
-    ours = postprocess(logits, boxes, sizes, CATEGORIES, threshold=0.3)
+    ours = postprocess(logits, boxes, sizes, CATEGORIES, threshold=0.3, scoring="sigmoid")
     ref = _processor(processor).post_process_object_detection(
         SimpleNamespace(logits=logits, pred_boxes=boxes), threshold=0.3, target_sizes=sizes, **kwargs)
     for dets, r in zip(ours, ref):
@@ -288,13 +307,14 @@ def test_sigmoid_postprocess_is_the_family_processors(family, processor, kwargs)
         torch.testing.assert_close(dets.boxes[:n], r["boxes"][order].float())
         assert dets.category_ids.tolist() == [CATEGORIES.ids[i] for i in dets.labels.tolist()]
     # a query may give several classes: more detections than queries when the scores allow
-    many = postprocess(torch.full((1, 12, 3), 5.0), boxes[:1], sizes[:1], CATEGORIES, threshold=0.5)[0]
+    many = postprocess(torch.full((1, 12, 3), 5.0), boxes[:1], sizes[:1], CATEGORIES, threshold=0.5,
+                       scoring="sigmoid")[0]
     assert len(many.scores) == 36
 
 
 def test_postprocess_refuses_logits_of_another_class_count():
     with pytest.raises(ValueError, match="3 categories"):
-        postprocess(torch.zeros(1, 5, 7), torch.rand(1, 5, 4), torch.tensor([[10, 10]]), CATEGORIES)
+        postprocess(torch.zeros(1, 5, 7), torch.rand(1, 5, 4), torch.tensor([[10, 10]]), CATEGORIES, scoring="sigmoid")
 
 
 # --- the whole path: train, checkpoint, predict, eval, export --------------------------

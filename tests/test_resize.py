@@ -62,3 +62,13 @@ def test_the_issue_strips_stay_within_longest():
     assert ResizeSpec(800, 1333).output_size(200, 1000) == (267, 1333)
     assert ResizeSpec(128, 192).output_size(20, 330) == (12, 192)
     assert ResizeSpec(96, 160).output_size(170, 96) == processor_size(170, 96, 96, 160) == (160, 90)
+
+
+def test_image_size_on_a_fixed_size_rule_keeps_it_fixed():
+    """RT-DETR-line processors resize to a fixed height x width: --image-size changes that size."""
+    from detr_ft.data.transforms import ResizeSpec
+
+    spec = ResizeSpec.fixed_size(640, 640)
+    assert spec.with_image_size([320]).output_size(100, 300) == (320, 320)
+    assert ResizeSpec.fixed_size(480, 640).with_image_size([240, 320]).output_size(50, 70) == (240, 320)
+    assert ResizeSpec.fixed_size(640, 480).with_image_size([240, 320]).output_size(50, 70) == (320, 240)

@@ -90,6 +90,7 @@ def model_from_checkpoint(path: Path, ckpt: dict | None = None):
     from transformers import AutoConfig
 
     from detr_ft.model.build import model_from_config, portable_config, unfreeze_batch_norm
+    from detr_ft.model.families import family_named
 
     if ckpt is None:
         ckpt = load_checkpoint(path)
@@ -97,6 +98,7 @@ def model_from_checkpoint(path: Path, ckpt: dict | None = None):
     if not isinstance(info, dict):
         raise UserError(f"checkpoint {path} was not written by detr-ft train (no model description in it)")
     cfg = portable_config(dict(info["model_config"]))  # written by transformers 4.x or 5.x, read by either
+    family_named(cfg["model_type"]).require_available(f"checkpoint {path}")
     config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
     model = model_from_config(config)
     if info.get("trainable_batch_norm"):

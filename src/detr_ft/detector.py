@@ -29,6 +29,7 @@ from detr_ft.data.transforms import ResizeSpec, resized_tensor, to_rgb
 from detr_ft.devices import bf16_autocast, inference_device
 from detr_ft.errors import UserError
 from detr_ft.image_input import as_image, aspect_ratio, detection_dicts  # noqa: F401  (aspect_ratio: predict.py)
+from detr_ft.model.families import family_of
 from detr_ft.model.outputs import detection_outputs
 from detr_ft.model.postprocess import Detections, postprocess
 from detr_ft.model.speed import channels_last_where_it_helps, fold_batch_norms
@@ -132,7 +133,8 @@ class Detector:
         """Detections above ``threshold`` for a batch on the device, normalised (``Batch.ready``)."""
         with bf16_autocast(self.device, self.autocast):
             out = detection_outputs(self.model, batch.pixel_values, batch.pixel_mask, with_aux=False)
-        return postprocess(out.logits, out.boxes, batch.orig_sizes, self.categories, threshold)
+        return postprocess(out.logits, out.boxes, batch.orig_sizes, self.categories, threshold,
+                           scoring=family_of(self.model).scoring)
 
     def predict(self, images, threshold: float = 0.5, batch_size: int = 8) -> list:
         """Detect objects.

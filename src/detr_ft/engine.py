@@ -19,7 +19,8 @@ from detr_ft.data.transforms import ResizeSpec
 from detr_ft.metrics import METRIC_NAMES, coco_metrics
 from detr_ft.model.build import ModelBundle, backbone_module
 from detr_ft.model.criterion import SetCriterion
-from detr_ft.model.outputs import detection_outputs, transformers_loss, uses_transformers_loss
+from detr_ft.model.families import family_of
+from detr_ft.model.outputs import detection_outputs, transformers_loss
 from detr_ft.model.postprocess import postprocess, to_coco_results
 from detr_ft.schedule import lr_factor
 
@@ -57,9 +58,9 @@ class DetrModule(L.LightningModule):
                             "trainable_batch_norm": not bundle.pretrained}
         self.categories = categories
         self.optim = optim
-        # None: transformers computes this family's loss (RT-DETR), fed the real objects only
-        config = self.model.config
-        self.criterion = None if uses_transformers_loss(config) else SetCriterion.from_config(config)
+        # None: transformers computes this family's loss (the RT-DETR line), fed the real objects only
+        self.family = family_of(self.model)
+        self.criterion = SetCriterion.from_config(self.model.config) if self.family.criterion_pads_targets else None
         self.val_ground_truth = val_ground_truth
         self._val_results: list[dict] = []
 
@@ -106,8 +107,9 @@ class DetrModule(L.LightningModule):
             out = self(batch.pixel_values, batch.pixel_mask, with_aux=False)
             losses = self.criterion(out.logits, out.boxes, batch.labels, batch.boxes, batch.valid, [])
         self.log("val_loss", losses["loss"], on_step=False, on_epoch=True, batch_size=len(batch), sync_dist=True)
-        for dets, image_id in zip(postprocess(out.logits, out.boxes, batch.orig_sizes, self.categories),
-                                  batch.image_ids.tolist()):
+        detections = postprocess(out.logits, out.boxes, batch.orig_sizes, self.categories,
+                                 scoring=self.family.scoring)
+        for dets, image_id in zip(detections, batch.image_ids.tolist()):
             if image_id >= 0:  # -1: a blank image that only fills the batch
                 self._val_results.append((image_id, to_coco_results(dets, image_id)[:MAX_DETECTIONS]))
 

@@ -35,8 +35,8 @@ from detr_ft.model.build import portable_config
 def image_processor_for(model, resize: ResizeSpec):
     """The model family's transformers image processor, configured like detr-ft's preprocessing.
 
-    The class is named after the model's (``DetrForObjectDetection`` ->
-    ``DetrImageProcessor``). Without torchvision, transformers 5 builds its
+    The class is the family's (``model/families.py``: ``DetrImageProcessor``,
+    ``RTDetrImageProcessor``, ...). Without torchvision, transformers 5 builds its
     PIL-backed variant (``DetrImageProcessorPil``) directly, as its
     ``AutoImageProcessor`` does; the saved ``image_processor_type`` is the
     family's base name either way, so any transformers version loads it.
@@ -44,15 +44,20 @@ def image_processor_for(model, resize: ResizeSpec):
     import transformers
     from transformers.utils import is_torchvision_available
 
-    base = type(model).__name__.replace("ForObjectDetection", "") + "ImageProcessor"
+    from detr_ft.model.families import family_of
+
+    base = family_of(model).processor
     cls = getattr(transformers, base + "Pil", None) if not is_torchvision_available() else None
     cls = cls or getattr(transformers, base, None)
     if cls is None:
         raise UserError(f"export: transformers {transformers.__version__} has no image processor {base} "
                         f"for {type(model).__name__}")
-    return cls(size={"shortest_edge": resize.shortest, "longest_edge": resize.longest},
-               image_mean=list(resize.mean), image_std=list(resize.std), do_resize=True, do_rescale=True,
-               do_normalize=True, do_pad=True)
+    if resize.fixed is not None:
+        size = {"height": resize.fixed[0], "width": resize.fixed[1]}
+    else:
+        size = {"shortest_edge": resize.shortest, "longest_edge": resize.longest}
+    return cls(size=size, image_mean=list(resize.mean), image_std=list(resize.std), do_resize=True, do_rescale=True,
+               do_normalize=resize.normalised, do_pad=True)
 
 
 def exportable_state_dict(model) -> dict:
@@ -73,6 +78,18 @@ def exportable_state_dict(model) -> dict:
     return {k: v for k, v in state.items() if k in reference}
 
 
+def resize_text(resize: ResizeSpec) -> str:
+    """The preprocessing in words, for the model card."""
+    if resize.fixed is not None:
+        text = f"Images are resized to {resize.fixed[0]} x {resize.fixed[1]} px (height x width, aspect ratio not kept)"
+    else:
+        text = (f"Images are resized to a short side of {resize.shortest} px\n"
+                f"(long side at most {resize.longest} px)")
+    if resize.normalised:
+        return f"{text} and normalised with mean {list(resize.mean)},\nstd {list(resize.std)}"
+    return f"{text}; pixels are divided by 255, not normalised"
+
+
 def model_card(categories: Categories, family: str, resize: ResizeSpec) -> str:
     rows = "\n".join(f"| {i} | {cid} | {name} |" for i, (cid, name) in enumerate(zip(categories.ids, categories.names)))
     return f"""---
@@ -82,9 +99,7 @@ tags: [object-detection, detr-ft, {family}]
 ---
 # Object detector fine-tuned with detr-ft
 
-A `{family}` model. Images are resized to a short side of {resize.shortest} px
-(long side at most {resize.longest} px) and normalised with mean {list(resize.mean)},
-std {list(resize.std)} (see `preprocessor_config.json`).
+A `{family}` model. {resize_text(resize)} (see `preprocessor_config.json`).
 
 ```python
 from transformers import pipeline
@@ -136,12 +151,13 @@ def load_export(path: Path):
     """
     from transformers import AutoModelForObjectDetection
 
-    from detr_ft.model.build import resize_from_processor
+    from detr_ft.model.build import check_family, resize_from_processor
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise UserError(f"{path}: not a Hugging Face model directory (no config.json); pass a detr-ft "
                         f"checkpoint (.ckpt) or a folder written by 'detr-ft export'")
+    check_family(path, str(path))
     try:
         model = AutoModelForObjectDetection.from_pretrained(str(path))
     except (OSError, ValueError) as e:

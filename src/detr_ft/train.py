@@ -24,6 +24,7 @@ from detr_ft.errors import UserError
 from detr_ft.loggers import experiment_logger, finish
 from detr_ft.metrics import METRIC_NAMES, ground_truth
 from detr_ft.model.build import ModelBundle, build_model, set_backbone_trainable
+from detr_ft.model.families import family_of
 from detr_ft.model.speed import for_training
 from detr_ft.plots import plot_curves, read_metrics_csv
 from detr_ft.resume import AtomicCheckpointIO, ContinuingCSVLogger, StepSeed, remove_stale_temporaries, resume_point
@@ -161,6 +162,10 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
     augment = cfg.augment_spec(bundle.resize)
     envelope = augment.envelope(bundle.resize)
 
+    family = family_of(bundle.model)
+    if not family.criterion_pads_targets and cfg.num_buckets > 1:
+        print(f"note: --num-buckets has no effect on {family.model_type}: its loss is transformers', which is fed "
+              f"the real objects only (no padded targets)")
     counts = train_index.object_counts()
     buckets = compute_buckets(counts, cfg.num_buckets)
     if buckets and val_index is not None and len(val_index):

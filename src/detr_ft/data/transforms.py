@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # torch is imported where pixels become tensors: `data check`
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+UNNORMALISED = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # (mean, std) of a processor with do_normalize False
 ORIENTATION_TAG = 0x0112  # EXIF orientation
 
 
@@ -53,15 +54,33 @@ def resize_output_size(height: int, width: int, shortest: int, longest: int) -> 
 
 @dataclass(frozen=True)
 class ResizeSpec:
-    """The model's resize rule: short side to ``shortest``, long side at most ``longest``."""
+    """The model's resize rule: short side to ``shortest``, long side at most ``longest``; or,
+    with ``fixed`` (height, width), every image to that size, aspect ratio not kept (the RT-DETR
+    line's processors; then ``shortest``/``longest`` are its short and long side).
+
+    Pixels are divided by 255, then normalised with ``mean``/``std`` (``UNNORMALISED``: none).
+    """
 
     shortest: int
     longest: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    fixed: tuple[int, int] | None = None
+
+    @classmethod
+    def fixed_size(cls, height: int, width: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> "ResizeSpec":
+        """Every image to ``height`` x ``width`` (a static canvas)."""
+        return cls(min(height, width), max(height, width), tuple(mean), tuple(std), fixed=(int(height), int(width)))
+
+    @property
+    def normalised(self) -> bool:
+        """False where pixels are only divided by 255 (mean 0, std 1)."""
+        return (tuple(self.mean), tuple(self.std)) != UNNORMALISED
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """(height, width) after resizing: transformers' rule, never above ``longest``."""
+        """(height, width) after resizing: transformers' rule, never above ``longest`` (``fixed``: that size)."""
+        if self.fixed is not None:
+            return tuple(self.fixed)
         return resize_output_size(height, width, self.shortest, self.longest)
 
     def with_image_size(self, image_size) -> "ResizeSpec":
@@ -75,17 +94,22 @@ class ResizeSpec:
                             f"(got {' '.join(map(str, image_size))})")
         short = sizes[0]
         long = sizes[1] if len(sizes) == 2 else int(round(short * self.longest / self.shortest))
+        if self.fixed is not None:  # a fixed-size rule stays fixed, in its own orientation
+            fixed = (short, long) if self.fixed[0] <= self.fixed[1] else (long, short)
+            return replace(self, shortest=short, longest=long, fixed=fixed)
         return replace(self, shortest=short, longest=long)
 
     @property
     def max_canvas(self) -> tuple[int, int]:
-        """The largest (height, width) the resize can produce: a longest x longest square."""
-        return self.longest, self.longest
+        """The largest (height, width) the resize can produce: a longest x longest square (``fixed``: that size)."""
+        return tuple(self.fixed) if self.fixed is not None else (self.longest, self.longest)
 
     @property
     def orientation_canvases(self) -> list[tuple[int, int]]:
         """A landscape and a portrait canvas (short x long, long x short) that every resized
-        image fits, the one of its orientation (``--pad-canvases auto``)."""
+        image fits, the one of its orientation (``--pad-canvases auto``); ``fixed``: that size alone."""
+        if self.fixed is not None:
+            return [tuple(self.fixed)]
         return [(self.shortest, self.longest), (self.longest, self.shortest)]
 
 

@@ -8,15 +8,16 @@ ResNet stage frozen, later stages trained (at ``--lr-backbone``).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from detr_ft.data.transforms import ResizeSpec
+from detr_ft.data.transforms import UNNORMALISED, ResizeSpec
 from detr_ft.errors import UserError, first_line
-from detr_ft.model.outputs import SUPPORTED_FAMILIES
+from detr_ft.model.families import FAMILIES, family_named, family_of_preset
 
 # Revision of facebook/detr-resnet-50 whose backbone is a transformers ResNet, so timm is not needed.
 NO_TIMM_REVISION = {"facebook/detr-resnet-50": "no_timm", "facebook/detr-resnet-101": "no_timm"}
@@ -34,63 +35,8 @@ class ModelBundle:
     pretrained: bool
 
 
-def _tiny_resnet(hidden_sizes=(32, 64, 128, 256), out_features=("stage4",)):
-    from transformers import ResNetConfig
-
-    return ResNetConfig(embedding_size=32, hidden_sizes=list(hidden_sizes), depths=[1, 1, 1, 1],
-                        layer_type="basic", out_features=list(out_features))
-
-
-def _detr_tiny_config(num_labels: int):
-    from transformers import DetrConfig
-
-    return DetrConfig(
-        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=_tiny_resnet(),
-        d_model=128, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
-        encoder_ffn_dim=256, decoder_ffn_dim=256, num_queries=20, dropout=0.0, auxiliary_loss=True,
-        num_labels=num_labels,
-    )
-
-
-def _conditional_detr_tiny_config(num_labels: int):
-    """Conditional DETR (sigmoid focal loss, conditional cross-attention) on stride-8 features."""
-    from transformers import ConditionalDetrConfig
-
-    return ConditionalDetrConfig(
-        use_timm_backbone=False, use_pretrained_backbone=False, backbone=None,
-        backbone_config=_tiny_resnet((32, 64, 128, 256), out_features=("stage2",)),
-        d_model=128, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4, decoder_attention_heads=4,
-        encoder_ffn_dim=256, decoder_ffn_dim=256, num_queries=30, dropout=0.0, auxiliary_loss=True,
-        num_labels=num_labels,
-    )
-
-
-def _rtdetr_tiny_config(num_labels: int):
-    """RT-DETR: a basic-block ResNet (strides 8, 16, 32), hybrid encoder, 3 decoder layers, 30 queries.
-
-    Trainable batch norms (random init), PyTorch deformable attention (no custom kernels).
-    10 denoising queries: on the demo's data they learned faster per CPU-second than 30.
-    """
-    from transformers import RTDetrConfig, RTDetrResNetConfig
-
-    channels = [32, 64, 128, 192]
-    backbone = RTDetrResNetConfig(embedding_size=32, hidden_sizes=channels, depths=[1, 1, 1, 1], layer_type="basic",
-                                  out_features=["stage2", "stage3", "stage4"])
-    return RTDetrConfig(
-        backbone_config=backbone, use_pretrained_backbone=False, freeze_backbone_batch_norms=False,
-        disable_custom_kernels=True, encoder_in_channels=channels[1:], feat_strides=[8, 16, 32],
-        encoder_hidden_dim=128, encoder_layers=1, encoder_ffn_dim=256, encoder_attention_heads=4,
-        d_model=128, decoder_in_channels=[128, 128, 128], decoder_layers=3, decoder_ffn_dim=256,
-        decoder_attention_heads=4, num_queries=30, num_denoising=10, num_labels=num_labels,
-    )
-
-
-# name -> (config factory, resize). Small, randomly initialised, CPU-trainable.
-PRESETS = {
-    "detr-tiny": (_detr_tiny_config, ResizeSpec(shortest=128, longest=192)),
-    "conditional-detr-tiny": (_conditional_detr_tiny_config, ResizeSpec(shortest=96, longest=160)),
-    "rtdetr-tiny": (_rtdetr_tiny_config, ResizeSpec(shortest=96, longest=160)),
-}
+# name -> (config factory, resize), from the family registry. Small, randomly initialised, CPU-trainable.
+PRESETS = {f.preset: (f.preset_config, f.resize) for f in FAMILIES}
 
 
 def _label_kwargs(id2label: dict[int, str]) -> dict:
@@ -129,6 +75,9 @@ def model_from_config(config) -> nn.Module:
 def build_model(name: str, id2label: dict[int, str], revision: str | None = None) -> ModelBundle:
     """Build the model that ``--model NAME`` names, with a head for ``id2label``."""
     if name in PRESETS:
+        family = family_of_preset(name)
+        if family is not None:
+            family.require_available(f"--model {name}")
         factory, resize = PRESETS[name]
         config = factory(len(id2label))
         config.update(_label_kwargs(id2label))
@@ -146,6 +95,7 @@ def build_model(name: str, id2label: dict[int, str], revision: str | None = None
             raise UserError(f"--model {name}: directory has no config.json; pass a Hugging Face model directory "
                             f"(e.g. from 'detr-ft export') or a preset such as detr-tiny")
         source, kw = str(local), {}
+        check_family(local, f"--model {name}")
     elif local.exists() or name.startswith((".", "/", "~")):
         raise UserError(f"--model {name}: not a directory; pass a Hugging Face model directory, a hub id or "
                         f"a preset ({', '.join(PRESETS)})")
@@ -173,17 +123,38 @@ def build_model(name: str, id2label: dict[int, str], revision: str | None = None
             f"--model {name}: cannot load from the Hugging Face hub (offline or unknown id); use "
             f"--model detr-tiny for an offline preset, or --model DIR with a local Hugging Face model directory"
         ) from None
-    if model.config.model_type not in SUPPORTED_FAMILIES:
-        raise UserError(f"--model {name}: a {model.config.model_type} model; detr-ft trains "
-                        f"{', '.join(SUPPORTED_FAMILIES)} models (a hub id, a local directory or a preset: "
-                        f"{', '.join(PRESETS)})")
+    try:
+        family_named(model.config.model_type)
+    except UserError as e:  # a hub model: its config is known only now
+        raise UserError(f"--model {name}: {e}") from None
     set_backbone_trainable(model, pretrained=True)
     model.train()  # from_pretrained returns eval mode, which would train with dropout off
     return ModelBundle(model, resize_from_processor(source, kw), model.config.model_type, pretrained=True)
 
 
+def check_family(model_dir: Path, what: str) -> None:
+    """Refuse a model directory of a family detr-ft does not train (yolos, owlv2, ...) before loading
+    any weight: one line naming it and the supported families. An unreadable config.json is left
+    to transformers' loader to report."""
+    try:
+        model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return
+    if model_type is not None:
+        try:
+            family = family_named(model_type)
+        except UserError as e:
+            raise UserError(f"{what}: {e}") from None
+        family.require_available(what)
+
+
 def resize_from_processor(source: str, kw: dict) -> ResizeSpec:
-    """The resize rule from the model's image processor config, DETR's own if there is none."""
+    """The resize and normalisation of the model's image processor config, DETR's if there is none.
+
+    A ``size`` of height x width (the RT-DETR line's processors: 640 x 640) is a fixed resize that
+    does not keep the aspect ratio; shortest/longest edges are DETR's rule. ``do_normalize`` False
+    (the RT-DETR line) divides by 255 only; else the processor's mean and std (ImageNet's by default).
+    """
     try:
         from transformers import AutoImageProcessor
 
@@ -195,10 +166,15 @@ def resize_from_processor(source: str, kw: dict) -> ResizeSpec:
     def edge(key):  # a dict in transformers 4.x, a SizeDict in 5.x
         return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
 
+    if getattr(proc, "do_normalize", True):
+        mean = tuple(getattr(proc, "image_mean", None) or DETR_RESIZE.mean)
+        std = tuple(getattr(proc, "image_std", None) or DETR_RESIZE.std)
+    else:
+        mean, std = UNNORMALISED
+    if edge("height") and edge("width") and not edge("shortest_edge"):
+        return ResizeSpec.fixed_size(int(edge("height")), int(edge("width")), mean, std)
     shortest = edge("shortest_edge") or DETR_RESIZE.shortest
     longest = edge("longest_edge") or DETR_RESIZE.longest
-    mean = tuple(getattr(proc, "image_mean", None) or DETR_RESIZE.mean)
-    std = tuple(getattr(proc, "image_std", None) or DETR_RESIZE.std)
     return ResizeSpec(int(shortest), int(longest), mean, std)
 
 

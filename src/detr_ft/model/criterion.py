@@ -21,7 +21,7 @@ from transformers.image_transforms import center_to_corners_format
 from detr_ft.data.batching import PAD_BOX
 from detr_ft.model.box_ops import generalized_box_iou
 from detr_ft.model.matcher import FocalHungarianMatcher, HungarianMatcher
-from detr_ft.model.outputs import CLASS_LOSS
+from detr_ft.model.families import family_of
 
 LayerOutput = tuple[Tensor, Tensor] | Mapping[str, Tensor]
 
@@ -77,9 +77,9 @@ class SetCriterion(nn.Module):
     def from_config(cls, config) -> "SetCriterion":
         """Build from a transformers ``DetrConfig`` (costs, coefficients, num_labels, auxiliary_loss).
 
-        A ``ConditionalDetrConfig`` gives a ``FocalSetCriterion``, as transformers does.
+        A focal family's config (``ConditionalDetrConfig``) gives a ``FocalSetCriterion``, as transformers does.
         """
-        if CLASS_LOSS.get(config.model_type) == "focal":  # as transformers' DeformableDetr loss
+        if family_of(config).loss == "focal":  # as transformers' DeformableDetr loss
             return FocalSetCriterion.from_config(config)
         matcher = HungarianMatcher(config.class_cost, config.bbox_cost, config.giou_cost)
         return cls(config.num_labels, matcher, config.eos_coefficient, _weight_dict(config), config.auxiliary_loss)

@@ -1,18 +1,22 @@
 """One forward pass -> the predictions the criterion and post-processing read.
 
-By ``model.config.model_type`` (``CLASS_LOSS`` lists the supported families):
+``model/families.py`` says which of these runs a model (by ``model.config.model_type``):
 
-- ``detr``: transformers computes the auxiliary (intermediate decoder layer)
-  predictions only when it computes its own loss; detr-ft runs the base model
-  and applies the heads itself, so the loss is its own and works on padded
-  targets. logits have C + 1 entries (the last is no-object).
-- ``conditional_detr``: the same, with the box head's (x, y) shifted by the
-  decoder's reference points before the sigmoid, exactly as
+- ``detr_outputs`` (DETR): transformers computes the auxiliary (intermediate
+  decoder layer) predictions only when it computes its own loss; detr-ft runs
+  the base model and applies the heads itself, so the loss is its own and works
+  on padded targets. logits have C + 1 entries (the last is no-object).
+- ``conditional_detr_outputs``: the same, with the box head's (x, y) shifted by
+  the decoder's reference points before the sigmoid, exactly as
   ``ConditionalDetrForObjectDetection.forward`` does. logits have C entries
   (sigmoid focal loss, no no-object class).
-- ``rt_detr``: transformers' own model and loss (``transformers_loss``), fed
-  the real objects only; RT-DETR needs them in its forward for its denoising
-  queries. logits have C entries.
+- ``deformable_detr_outputs`` / ``dab_detr_outputs``: the base model, then
+  the family's heads on every decoder layer, boxes relative to each layer's
+  reference points (anchor boxes in DAB-DETR), as their transformers forwards;
+  sigmoid focal loss, C logits.
+- ``rtdetr_outputs`` / ``rtdetr_forward`` (the RT-DETR line: RT-DETR, RT-DETRv2,
+  D-FINE, DEIMv2): transformers' own model and loss, fed the real objects only; they
+  need them in their forward for the denoising queries. logits have C entries.
 """
 
 from __future__ import annotations
@@ -26,13 +30,6 @@ from torch import nn
 
 from detr_ft.model.speed import model_pixels
 
-# The supported families (transformers' model_type) and their class loss:
-#   "softmax":      cross-entropy over C + 1 logits (the last: no object), detr-ft's criterion;
-#   "focal":        sigmoid focal loss over C logits, detr-ft's criterion;
-#   "transformers": transformers' own loss (RT-DETR's varifocal + denoising), fed the real objects only.
-CLASS_LOSS = {"detr": "softmax", "conditional_detr": "focal", "rt_detr": "transformers"}
-SUPPORTED_FAMILIES = tuple(CLASS_LOSS)
-
 
 @dataclass
 class DetectionOutputs:
@@ -45,42 +42,41 @@ class DetectionOutputs:
     aux: list[tuple[torch.Tensor, torch.Tensor]]
 
 
-def family_of(model: nn.Module) -> str:
-    return model.config.model_type
-
-
-def uses_transformers_loss(config) -> bool:
-    """True for the families whose loss transformers computes (no detr-ft criterion)."""
-    return CLASS_LOSS.get(config.model_type) == "transformers"
-
-
 def detection_outputs(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor,
                       with_aux: bool = True) -> DetectionOutputs:
-    """Forward a DETR-family model; aux outputs for all decoder layers but the last.
+    """Forward a DETR-family model by its family's rule; aux outputs for all decoder layers but the last.
 
     pixel_values [B, 3, H, W], pixel_mask [B, H, W] (1 = real pixel).
     """
-    family = family_of(model)
-    if family == "rt_detr":
-        return rtdetr_forward(model, pixel_values, pixel_mask)[0]
-    return _detr_outputs(model, pixel_values, pixel_mask, with_aux)
+    from detr_ft.model.families import family_of  # the registry names this module's functions
+
+    return family_of(model).forward(model, pixel_values, pixel_mask, with_aux)
 
 
-def _detr_outputs(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor,
-                  with_aux: bool) -> DetectionOutputs:
-    """DETR and Conditional DETR: the base model, then the class and box heads on the last
-    decoder layer and (``with_aux``) on the intermediate ones."""
+def detr_outputs(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor,
+                 with_aux: bool = True) -> DetectionOutputs:
+    """DETR: the base model, then the class and box heads on the last decoder layer and
+    (``with_aux``) on the intermediate ones."""
     out = model.model(pixel_values=model_pixels(model, pixel_values), pixel_mask=pixel_mask)
-    if family_of(model) == "conditional_detr":  # the box head's (x, y) is relative to reference points
-        reference = inverse_sigmoid(out.reference_points).transpose(0, 1)  # [Q, B, 2] -> [B, Q, 2]
+    return _heads(model, out, lambda hidden: model.bbox_predictor(hidden).sigmoid(), with_aux)
 
-        def boxes_of(hidden: torch.Tensor) -> torch.Tensor:  # [..., B, Q, D] -> [..., B, Q, 4]
-            raw = model.bbox_predictor(hidden)
-            return torch.cat([raw[..., :2] + reference, raw[..., 2:]], dim=-1).sigmoid()
-    else:
-        def boxes_of(hidden: torch.Tensor) -> torch.Tensor:
-            return model.bbox_predictor(hidden).sigmoid()
 
+def conditional_detr_outputs(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor,
+                             with_aux: bool = True) -> DetectionOutputs:
+    """Conditional DETR: as DETR, the box head's (x, y) relative to the decoder's reference points."""
+    out = model.model(pixel_values=model_pixels(model, pixel_values), pixel_mask=pixel_mask)
+    reference = inverse_sigmoid(out.reference_points).transpose(0, 1)  # [Q, B, 2] -> [B, Q, 2]
+
+    def boxes_of(hidden: torch.Tensor) -> torch.Tensor:  # [..., B, Q, D] -> [..., B, Q, 4]
+        raw = model.bbox_predictor(hidden)
+        return torch.cat([raw[..., :2] + reference, raw[..., 2:]], dim=-1).sigmoid()
+
+    return _heads(model, out, boxes_of, with_aux)
+
+
+def _heads(model: nn.Module, out, boxes_of, with_aux: bool) -> DetectionOutputs:
+    """The class head and ``boxes_of`` on the last decoder layer's hidden states [B, Q, D] and,
+    with ``with_aux``, on the intermediate layers'."""
     hidden = out.last_hidden_state  # [B, Q, D]
     logits, boxes = model.class_labels_classifier(hidden), boxes_of(hidden)
     aux = []
@@ -92,13 +88,49 @@ def _detr_outputs(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torc
     return DetectionOutputs(logits, boxes, aux)
 
 
+def deformable_detr_outputs(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor,
+                            with_aux: bool = True) -> DetectionOutputs:
+    """Deformable DETR: one class and box head per decoder layer, boxes relative to that layer's
+    reference points (4-d with box refinement, else 2-d), as ``DeformableDetrForObjectDetection.forward``."""
+    out = model.model(pixel_values=model_pixels(model, pixel_values), pixel_mask=pixel_mask)
+    hidden = out.intermediate_hidden_states  # [B, L, Q, D]
+    num_layers = hidden.shape[1]
+    layers = range(num_layers) if with_aux and model.config.auxiliary_loss else [num_layers - 1]
+    pairs = []
+    for level in layers:
+        reference = out.init_reference_points if level == 0 else out.intermediate_reference_points[:, level - 1]
+        reference = inverse_sigmoid(reference)
+        delta = model.bbox_embed[level](hidden[:, level])
+        if reference.shape[-1] == 4:
+            raw = delta + reference
+        else:
+            raw = torch.cat([delta[..., :2] + reference, delta[..., 2:]], dim=-1)
+        pairs.append((model.class_embed[level](hidden[:, level]), raw.sigmoid()))
+    return DetectionOutputs(*pairs[-1], pairs[:-1])
+
+
+def dab_detr_outputs(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor,
+                     with_aux: bool = True) -> DetectionOutputs:
+    """DAB-DETR: the shared heads on every decoder layer, the box head's first ``query_dim``
+    coordinates relative to that layer's anchor boxes, as ``DabDetrForObjectDetection.forward``."""
+    out = model.model(pixel_values=model_pixels(model, pixel_values), pixel_mask=pixel_mask)
+    hidden, reference = out.intermediate_hidden_states, out.reference_points  # [L, B, Q, D], [L, B, Q, 4]
+    if not (with_aux and model.config.auxiliary_loss):
+        hidden, reference = hidden[-1:], reference[-1:]
+    raw = model.bbox_predictor(hidden)
+    dim = model.config.query_dim
+    boxes = torch.cat([raw[..., :dim] + inverse_sigmoid(reference), raw[..., dim:]], dim=-1).sigmoid()
+    logits = model.class_embed(hidden)
+    return DetectionOutputs(logits[-1], boxes[-1], [(logits[i], boxes[i]) for i in range(len(hidden) - 1)])
+
+
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """log(x / (1 - x)) with x clamped to [0, 1] and both terms to at least ``eps`` (transformers' rule)."""
     x = x.clamp(min=0, max=1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
-# --- RT-DETR ---------------------------------------------------------------------
+# --- the RT-DETR line (RT-DETR, RT-DETRv2, D-FINE) ---------------------------------------------------------------------
 
 
 def _rtdetr_canvas(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor):
@@ -123,9 +155,15 @@ def _rtdetr_canvas(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: tor
     return pixel_values, pixel_mask, scale
 
 
+def rtdetr_outputs(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor,
+                   with_aux: bool = True) -> DetectionOutputs:
+    """The RT-DETR line's predictions of its Q regular queries (no aux: its loss is transformers')."""
+    return rtdetr_forward(model, pixel_values, pixel_mask)[0]
+
+
 def rtdetr_forward(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor,
                    targets: list[dict[str, torch.Tensor]] | None = None):
-    """RT-DETR forward, with transformers' loss when ``targets`` (real objects only) are given.
+    """RT-DETR-line forward, with transformers' loss when ``targets`` (real objects only) are given.
 
     targets: per image {"class_labels": [N_i] long, "boxes": [N_i, 4] normalised by the real image}.
     Returns (DetectionOutputs of the Q regular queries, losses or None); in training
@@ -143,8 +181,9 @@ def rtdetr_forward(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: tor
     losses = None
     if targets is not None:
         parts = out.loss_dict
-        # detr-ft logs loss_ce / loss_bbox / loss_giou of the final layer; RT-DETR's class loss is varifocal.
-        losses = {"loss": out.loss, **parts, "loss_ce": parts["loss_vfl"]}
+        # detr-ft logs loss_ce / loss_bbox / loss_giou of the final layer; the class loss is varifocal
+        # (RT-DETR, RT-DETRv2, D-FINE) or matching-aware (DEIMv2).
+        losses = {"loss": out.loss, **parts, "loss_ce": parts["loss_vfl" if "loss_vfl" in parts else "loss_mal"]}
     return DetectionOutputs(logits, boxes, []), losses
 
 
@@ -153,7 +192,9 @@ def transformers_loss(model: nn.Module, batch) -> tuple[DetectionOutputs, dict[s
 
     Returns (outputs, {"loss", "loss_ce", "loss_bbox", "loss_giou", and transformers' loss_dict}).
     """
-    if family_of(model) != "rt_detr":
-        raise ValueError(f"transformers_loss: no transformers loss path for {family_of(model)}")
-    out, losses = rtdetr_forward(model, batch.pixel_values, batch.pixel_mask, batch.targets())
-    return out, losses
+    from detr_ft.model.families import family_of
+
+    family = family_of(model)
+    if family.loss_forward is None:
+        raise ValueError(f"transformers_loss: no transformers loss path for {family.model_type}")
+    return family.loss_forward(model, batch.pixel_values, batch.pixel_mask, batch.targets())

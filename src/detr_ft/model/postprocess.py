@@ -1,7 +1,8 @@
 """Model outputs -> detections in original pixels and original category ids.
 
-DETR: softmax, best class per query (transformers' ``DetrImageProcessor``).
-Conditional DETR and RT-DETR: sigmoid, top-k over queries x classes (their
+The family's ``scoring`` (``model/families.py``) picks the rule:
+"softmax": best class per query (transformers' ``DetrImageProcessor``);
+"sigmoid": top-k over queries x classes (Conditional DETR's and RT-DETR's
 transformers post-processors).
 """
 
@@ -36,23 +37,25 @@ def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def postprocess(logits: torch.Tensor, boxes: torch.Tensor, orig_sizes: torch.Tensor,
-                categories: Categories, threshold: float = 0.0, top_k: int = SIGMOID_TOP_K) -> list[Detections]:
+                categories: Categories, threshold: float = 0.0, top_k: int = SIGMOID_TOP_K, *,
+                scoring: str) -> list[Detections]:
     """Detections per image, by the model family's own transformers post-processing.
 
-    logits [B, Q, C+1] (DETR: softmax, best real class per query) or [B, Q, C]
-    (Conditional DETR, RT-DETR: sigmoid, the ``top_k`` best (query, class) pairs);
-    the family is told by the logits' width against the C categories.
+    scoring "softmax": logits [B, Q, C+1], softmax, best real class per query;
+    scoring "sigmoid": logits [B, Q, C], sigmoid, the ``top_k`` best (query, class) pairs
+    (the family's ``scoring``; logits of another width for the C categories are a ValueError).
     boxes [B, Q, 4] normalised (cx, cy, w, h), orig_sizes [B, 2] (h, w).
     Keeps detections whose score is above ``threshold``, sorted by score.
     """
     num_classes = len(categories.ids)
-    if logits.shape[-1] == num_classes + 1:
+    width = num_classes + 1 if scoring == "softmax" else num_classes
+    if logits.shape[-1] != width:
+        raise ValueError(f"logits have {logits.shape[-1]} classes; expected {width} ({scoring} scoring) "
+                         f"for the {num_classes} categories")
+    if scoring == "softmax":
         scores, labels, query = _softmax_scores(logits)
-    elif logits.shape[-1] == num_classes:
-        scores, labels, query = _sigmoid_topk_scores(logits, top_k)
     else:
-        raise ValueError(f"logits have {logits.shape[-1]} classes; expected {num_classes} (sigmoid families) "
-                         f"or {num_classes + 1} (DETR) for the {num_classes} categories")
+        scores, labels, query = _sigmoid_topk_scores(logits, top_k)
     h, w = orig_sizes[:, 0:1].float(), orig_sizes[:, 1:2].float()
     scale = torch.stack([w, h, w, h], dim=-1)  # [B, 1, 4]
     xyxy = cxcywh_to_xyxy(boxes.float()) * scale

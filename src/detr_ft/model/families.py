@@ -1,0 +1,109 @@
+"""The family registry: one entry per transformers ``model_type`` that detr-ft trains.
+
+An entry says how to run the family's forward and read its outputs, which loss
+trains it, how its detections are scored, its tiny preset and the resize that
+preset uses. Adding a family is one entry here (plus its preset in
+``model/presets.py`` and its tests).
+
+Losses:
+  "softmax":      detr-ft's criterion, cross-entropy over C + 1 logits (the last: no object);
+  "focal":        detr-ft's criterion, sigmoid focal loss over C logits;
+  "transformers": transformers' own loss (varifocal + denoising queries), fed the real objects only.
+Padded targets reach detr-ft's criterion (which ignores them); a transformers loss never sees them.
+
+Scoring (post-processing): "softmax" (best real class per query) or "sigmoid" (top-k over
+queries x classes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from detr_ft.data.transforms import ResizeSpec
+from detr_ft.errors import UserError
+from detr_ft.model import outputs, presets
+
+
+@dataclass(frozen=True)
+class Family:
+    """How detr-ft trains and runs one transformers ``model_type``.
+
+    forward(model, pixel_values [B, 3, H, W], pixel_mask [B, H, W], with_aux) -> DetectionOutputs.
+    loss_forward(model, pixel_values, pixel_mask, targets) -> (DetectionOutputs, losses):
+        the forward with transformers' loss on the real objects (``loss == "transformers"`` only).
+    processor: the transformers image processor class its directories carry.
+    """
+
+    model_type: str
+    loss: str
+    scoring: str
+    forward: Callable
+    preset: str
+    preset_config: Callable
+    resize: ResizeSpec
+    processor: str
+    loss_forward: Callable | None = None
+    needs_transformers: str | None = None  # a version that has the family, where 4.57 lacks it
+
+    def require_available(self, what: str) -> None:
+        """A ``UserError`` naming the transformers version the family needs, where the installed one lacks it."""
+        import transformers
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+        if self.model_type not in CONFIG_MAPPING_NAMES:
+            raise UserError(f"{what}: the {self.model_type} family needs transformers {self.needs_transformers} or "
+                            f"newer (this is {transformers.__version__}); pip install -U "
+                            f"'transformers>={self.needs_transformers}'")
+
+    @property
+    def criterion_pads_targets(self) -> bool:
+        """True where padded targets reach detr-ft's criterion (which ignores the padded slots);
+        False where transformers' loss is fed the real objects only."""
+        return self.loss != "transformers"
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("detr", "softmax", "softmax", outputs.detr_outputs, "detr-tiny", presets.detr_tiny,
+           ResizeSpec(shortest=128, longest=192), "DetrImageProcessor"),
+    Family("conditional_detr", "focal", "sigmoid", outputs.conditional_detr_outputs, "conditional-detr-tiny",
+           presets.conditional_detr_tiny, ResizeSpec(shortest=96, longest=160), "ConditionalDetrImageProcessor"),
+    Family("deformable_detr", "focal", "sigmoid", outputs.deformable_detr_outputs, "deformable-detr-tiny",
+           presets.deformable_detr_tiny, ResizeSpec(shortest=96, longest=160), "DeformableDetrImageProcessor"),
+    Family("dab-detr", "focal", "sigmoid", outputs.dab_detr_outputs, "dab-detr-tiny", presets.dab_detr_tiny,
+           ResizeSpec(shortest=96, longest=160), "ConditionalDetrImageProcessor"),
+    Family("rt_detr", "transformers", "sigmoid", outputs.rtdetr_outputs, "rtdetr-tiny", presets.rtdetr_tiny,
+           ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", loss_forward=outputs.rtdetr_forward),
+    Family("rt_detr_v2", "transformers", "sigmoid", outputs.rtdetr_outputs, "rtdetr-v2-tiny",
+           presets.rtdetr_v2_tiny, ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor",
+           loss_forward=outputs.rtdetr_forward),
+    Family("d_fine", "transformers", "sigmoid", outputs.rtdetr_outputs, "dfine-tiny", presets.dfine_tiny,
+           ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", loss_forward=outputs.rtdetr_forward),
+    Family("deimv2", "transformers", "sigmoid", outputs.rtdetr_outputs, "deimv2-tiny", presets.deimv2_tiny,
+           ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", loss_forward=outputs.rtdetr_forward,
+           needs_transformers="5.18"),
+)
+
+SUPPORTED_FAMILIES = tuple(f.model_type for f in FAMILIES)
+
+
+def family_named(model_type: str) -> Family:
+    """The entry of a ``model_type``; an unsupported one is a ``UserError`` listing the supported."""
+    for family in FAMILIES:
+        if family.model_type == model_type:
+            return family
+    raise UserError(f"a {model_type} model; detr-ft trains {', '.join(SUPPORTED_FAMILIES)} models "
+                    f"(presets: {', '.join(f.preset for f in FAMILIES)})")
+
+
+def family_of(model_or_config) -> Family:
+    """The entry of a transformers model or config."""
+    config = model_or_config.config if isinstance(model_or_config, nn.Module) else model_or_config
+    return family_named(config.model_type)
+
+
+def family_of_preset(name: str) -> Family | None:
+    """The family whose tiny preset is ``name``, None if no preset has that name."""
+    return next((f for f in FAMILIES if f.preset == name), None)
