@@ -230,7 +230,9 @@ def mismatched(expected: list[dict], actual: list[dict], size: int) -> list[tupl
 
 # --- train --pad --num-buckets, --resume: bit-identical to an uninterrupted run -------------------
 
-NEW_FAMILY_PRESETS = available(["rtdetr-v2-tiny", "dfine-tiny", "deimv2-tiny", "deformable-detr-tiny", "dab-detr-tiny"])
+# one family of each kind (transformers' loss on the real objects; detr-ft's criterion on padded targets):
+# the resume machinery is the families' shared path, and each run costs three short trainings
+NEW_FAMILY_PRESETS = available(["dfine-tiny", "deformable-detr-tiny"])
 
 
 @pytest.mark.parametrize("preset", NEW_FAMILY_PRESETS)
