@@ -116,6 +116,22 @@ def test_orientation_class_and_envelope_hold(shape):
         assert min(oh, ow) <= env.shortest and max(oh, ow) <= env.longest, (seed, oh, ow)
 
 
+@pytest.mark.parametrize("preset", ["flip", "detr", "strong"])
+def test_a_fixed_size_rule_gives_its_size_at_each_scale_within_the_canvas(preset):
+    """RT-DETR-line processors resize to a fixed height x width: every augmented image has that shape
+    scaled by the drawn short side, and fits the envelope's (enlarged) fixed canvas."""
+    resize = ResizeSpec.fixed_size(48, 64)
+    spec = augment_spec(preset, resize, scales=[32, 64])
+    env = spec.envelope(resize)
+    assert env.max_canvas == (64, 85)
+    for seed in range(12):
+        for w, h in ((100, 60), (60, 100)):
+            pixels = spec.apply(Image.new("RGB", (w, h)), np.zeros((0, 4)), np.zeros(0),
+                                np.random.default_rng(seed), resize)[0]
+            oh, ow = pixels.shape[1:]
+            assert abs(ow / oh - 64 / 48) < 0.05 and oh <= 64 and ow <= 85, (preset, seed, oh, ow)
+
+
 def test_empty_images_and_everything_cropped_away():
     full = np.array([[0.5, 0.5, 1.0, 1.0]], np.float32)
     spec = AugmentSpec(hflip=0.5, crop=1.0, crop_min=0.3, min_visibility=0.99, photometric=1.0)

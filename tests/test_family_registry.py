@@ -208,13 +208,16 @@ def test_detector_on_a_directory_gives_the_pipelines_detections(family, aspect_i
         assert not mismatched(b, a, size), (path.name, mismatched(b, a, size)[:3])
 
 
+SCORE_TOL = 1e-4  # detr-ft resizes with the processors' own kernel: the same pixels, the same scores
+BOX_TOL = 0.0  # of the image's longer side, beside the pipeline's rounding of boxes to whole pixels
+
+
 def mismatched(expected: list[dict], actual: list[dict], size: int) -> list[tuple[dict, dict | None]]:
     """The detections of ``expected`` that the best one-to-one pairing with ``actual`` (same label, score
     within SCORE_TOL, box within BOX_TOL * size + 1 px, the pipeline's boxes being whole pixels) leaves without a partner within those tolerances.
     One to one over all of them at once: near-equal detections cannot take each other's partner."""
     import numpy as np
     from scipy.optimize import linear_sum_assignment
-    from test_export import BOX_TOL, SCORE_TOL
 
     cost = np.full((len(expected), len(actual)), 1e6)
     for i, e in enumerate(expected):

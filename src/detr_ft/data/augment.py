@@ -73,7 +73,21 @@ class AugmentSpec:
         """The rule every augmented image obeys: short side at most max(scales, shortest), long side
         at most ``longest`` scaled alike (scales above the resize's enlarge the canvases)."""
         top = max(self.scales[1], resize.shortest) if self.scales else resize.shortest
-        return replace(resize, shortest=top, longest=int(round(resize.longest * top / resize.shortest)))
+        grown = replace(resize, shortest=top, longest=int(round(resize.longest * top / resize.shortest)))
+        return replace(grown, fixed=self.fixed_size(resize, top)) if resize.fixed is not None else grown
+
+    @staticmethod
+    def fixed_size(resize: ResizeSpec, short: int) -> tuple[int, int]:
+        """A fixed-size rule's (height, width) at short side ``short`` (its aspect ratio kept)."""
+        f = short / resize.shortest
+        return int(round(resize.fixed[0] * f)), int(round(resize.fixed[1] * f))
+
+    def out_size(self, resize: ResizeSpec, env: ResizeSpec, height: int, width: int, short: int) -> tuple[int, int]:
+        """The (height, width) an image of ``height`` x ``width`` is resized to at short side ``short``:
+        the rule's (long side within the envelope's), or a fixed-size rule's size at that scale."""
+        if resize.fixed is not None:
+            return self.fixed_size(resize, short)
+        return resize_output_size(height, width, short, env.longest)
 
     def apply(self, image: Image.Image, boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
               resize: ResizeSpec) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
@@ -87,13 +101,14 @@ class AugmentSpec:
         zoom = self.zoom_out > 0 and rng.random() < self.zoom_out
         crop = not zoom and self.crop > 0 and rng.random() < self.crop
         if zoom:
-            pixels, boxes = self._zoom_out(image, boxes, rng, short, env.longest, resize.mean)
+            pixels, boxes = self._zoom_out(image, boxes, rng, lambda h, w: self.out_size(resize, env, h, w, short),
+                                           resize.mean)
         elif crop:
             image, boxes, keep = self._crop(image, boxes, rng)
             labels = labels[keep]
-            pixels = image_tensor(image, resize_output_size(image.height, image.width, short, env.longest))
+            pixels = image_tensor(image, self.out_size(resize, env, image.height, image.width, short))
         else:
-            pixels = image_tensor(image, resize_output_size(image.height, image.width, short, env.longest))
+            pixels = image_tensor(image, self.out_size(resize, env, image.height, image.width, short))
         if self.photometric > 0 and rng.random() < self.photometric:
             pixels = distort_colours(pixels, rng, self.jitter)
         if flip:
@@ -119,10 +134,10 @@ class AugmentSpec:
         kept = xyxy_to_cxcywh(clipped[keep] / np.array([cw, ch, cw, ch], dtype=np.float64))
         return image.crop((x0, y0, x0 + cw, y0 + ch)), kept, keep
 
-    def _zoom_out(self, image: Image.Image, boxes: np.ndarray, rng: np.random.Generator, short: int,
-                  longest: int, mean) -> tuple[torch.Tensor, np.ndarray]:
+    def _zoom_out(self, image: Image.Image, boxes: np.ndarray, rng: np.random.Generator, out_size,
+                  mean) -> tuple[torch.Tensor, np.ndarray]:
         """The image resized into a random place of a frame ``r`` times its size (r uniform in
-        [1, zoom_out_max]), the frame's output size by the rule; boxes follow the placement."""
+        [1, zoom_out_max]), the frame's output size ``out_size(h, w)``; boxes follow the placement."""
         W, H = image.size
         r = rng.uniform(1.0, self.zoom_out_max)
         fw, fh = max(W, int(round(W * r))), max(H, int(round(H * r)))
@@ -131,7 +146,7 @@ class AugmentSpec:
         else:
             fw = min(fw, fh)  # still >= W: fh >= H > W
         ox, oy = rng.uniform(0, fw - W), rng.uniform(0, fh - H)
-        oh, ow = resize_output_size(fh, fw, short, longest)
+        oh, ow = out_size(fh, fw)
         pw, ph = max(1, min(ow, int(round(W * ow / fw)))), max(1, min(oh, int(round(H * oh / fh))))
         px, py = min(ow - pw, int(round(ox * ow / fw))), min(oh - ph, int(round(oy * oh / fh)))
         fill = torch.tensor([round(255 * m) for m in mean], dtype=torch.uint8).view(3, 1, 1)
