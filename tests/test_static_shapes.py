@@ -207,14 +207,15 @@ def train_watched(monkeypatch, synthetic_dir, out, *extra) -> list[dict]:
 
 def test_deterministic_runs_are_bit_identical_with_single_process_loading(synthetic_dir, tmp_path, monkeypatch):
     """``--deterministic --num-workers 2``: inside the run, no loader worker and deterministic algorithms
-    on; two runs give bit-identical losses and weights."""
-    assert not torch.are_deterministic_algorithms_enabled()
+    on; two runs give bit-identical losses and weights; after the run, the process's setting is its own again."""
+    torch.use_deterministic_algorithms(False)  # whatever an earlier test left
     args = ["--max-epochs", "2", "--deterministic", "--num-workers", "2", "--pad", "--num-buckets", "1",
             "--train-only", "--seed", "5"]
     for run in ("a", "b"):
         steps = train_watched(monkeypatch, synthetic_dir, tmp_path / run, *args)
         assert len(steps) == 8 and all(s["workers"] == 0 and s["children"] == 0 and s["deterministic"]
                                        for s in steps), steps
+        assert not torch.are_deterministic_algorithms_enabled()  # restored when the run ended
     assert step_losses(tmp_path / "a") == step_losses(tmp_path / "b")
     wa = torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)["state_dict"]
     wb = torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)["state_dict"]

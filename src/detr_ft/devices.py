@@ -116,6 +116,22 @@ def one_cpu_thread(enabled: bool = True):
         torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def process_settings_restored():
+    """Torch's process-wide settings as they were before the block: a run sets them (Lightning's
+    ``deterministic``, TF32 on CUDA), and a caller in the same process (tests, notebooks, the demo)
+    gets its own back."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = saved[2:]
+
+
 def trainer_device(device: str, devices: int, num_nodes: int, strategy: str, autocast: bool) -> TrainerDevice:
     """Accelerator, strategy, plugins and precision for ``--device``; a UserError where unavailable."""
     precision = "bf16-mixed" if autocast else "32-true"
