@@ -209,7 +209,8 @@ def test_detector_on_a_directory_gives_the_pipelines_detections(family, aspect_i
 
 
 SCORE_TOL = 1e-4  # detr-ft resizes with the processors' own kernel: the same pixels, the same scores
-BOX_TOL = 0.0  # of the image's longer side, beside the pipeline's rounding of boxes to whole pixels
+BOX_TOL = 0.01  # of the image's longer side, beside the pipeline's whole pixels (transformers 4.57's
+# Conditional DETR post-processing puts a box up to 1.4 px from 5.x's; tests/test_export.py holds 5.x to 0.5 px)
 
 
 def mismatched(expected: list[dict], actual: list[dict], size: int) -> list[tuple[dict, dict | None]]:

@@ -54,6 +54,10 @@ def test_folded_batch_norms_predict_the_same(preset, synthetic_dir):
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
+        if bundle.family == "rt_detr":  # a random encoder's output is nearly flat: its top-k query selection
+            g = torch.Generator().manual_seed(1)  # ties, and float rounding may pick other queries
+            for p in model.model.encoder.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.3)
     batch = _batch(index, bundle.resize)
     folded = copy.deepcopy(model)
     count = fold_batch_norms(folded)
