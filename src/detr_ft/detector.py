@@ -28,12 +28,11 @@ from detr_ft.data.sampling import batches_by_shape
 from detr_ft.data.transforms import ResizeSpec, resized_tensor, to_rgb
 from detr_ft.devices import bf16_autocast, inference_device
 from detr_ft.errors import UserError
-from detr_ft.image_input import as_image, aspect_ratio, detection_dicts  # noqa: F401  (aspect_ratio: predict.py)
+from detr_ft.image_input import as_image, aspect_ratio, detection_dicts, predict_arguments  # noqa: F401  (aspect_ratio: predict.py)
 from detr_ft.model.families import family_of
 from detr_ft.model.outputs import detection_outputs
 from detr_ft.model.postprocess import Detections, postprocess
 from detr_ft.model.speed import channels_last_where_it_helps, fold_batch_norms
-from detr_ft.thresholds import check_threshold  # noqa: F401  (predict.py)
 
 
 class Detector:
@@ -148,13 +147,7 @@ class Detector:
         id), ``score`` and ``box`` [x0, y0, x1, y1] in pixels of the image. As
         transformers' pipeline: one image gives one list, a list gives a list of lists.
         """
-        check_threshold(threshold, "threshold")
-        if threshold == "auto":
-            self.class_thresholds()  # none: the error before any image is read
-        if batch_size < 1:
-            raise UserError(f"batch_size must be at least 1 (got {batch_size})")
-        single = not isinstance(images, (list, tuple))
-        images = [images] if single else list(images)
+        images, single = predict_arguments(images, threshold, batch_size, self)
         # Batches of like shape (a landscape and a portrait image would pad each other to a
         # square); the results go back in the order given.
         results: list = [None] * len(images)

@@ -13,6 +13,21 @@ from detr_ft.data.transforms import displayed_size, load_image
 from detr_ft.errors import UserError
 
 
+def predict_arguments(images, threshold, batch_size: int, detector) -> tuple[list, bool]:
+    """``predict``'s arguments checked before any image is read (one line for a mistake; for
+    ``threshold="auto"``, the detector's ``class_thresholds()`` says where there are none):
+    (the images as a list, whether one image was given)."""
+    from detr_ft.thresholds import check_threshold
+
+    check_threshold(threshold, "threshold")
+    if threshold == "auto":
+        detector.class_thresholds()
+    if batch_size < 1:
+        raise UserError(f"batch_size must be at least 1 (got {batch_size})")
+    single = not isinstance(images, (list, tuple))
+    return ([images] if single else list(images)), single
+
+
 def detection_dicts(dets, categories: Categories) -> list[dict]:
     """One image's ``Detections`` (torch tensors or NumPy arrays) as ``predict`` returns them:
     dicts with ``label``, ``category_id``, ``score`` and ``box`` [x0, y0, x1, y1] pixels."""

@@ -22,7 +22,7 @@ from PIL import Image
 from detr_ft.data.coco import Categories
 from detr_ft.data.transforms import ResizeSpec, resize_image, to_rgb
 from detr_ft.errors import UserError, first_line
-from detr_ft.image_input import as_image, detection_dicts
+from detr_ft.image_input import as_image, detection_dicts, predict_arguments
 from detr_ft.onnx_export import (METADATA_BATCH, METADATA_CANVAS, METADATA_CATEGORIES, METADATA_FAMILY,
                                  METADATA_RESIZE, METADATA_THRESHOLDS, require_onnx)
 
@@ -226,15 +226,7 @@ class OnnxDetector:
     def predict(self, images, threshold=0.5, batch_size: int = 8) -> list:
         """``Detector.predict``: one image gives one list of detection dicts, a list a list of lists;
         ``threshold="auto"``: the per-class thresholds the export carries."""
-        from detr_ft.thresholds import check_threshold
-
-        check_threshold(threshold, "threshold")
-        if threshold == "auto":
-            self.class_thresholds()  # none: the error before any image is read
-        if batch_size < 1:
-            raise UserError(f"batch_size must be at least 1 (got {batch_size})")
-        single = not isinstance(images, (list, tuple))
-        images = [images] if single else list(images)
+        images, single = predict_arguments(images, threshold, batch_size, self)
         results = []
         for start in range(0, len(images), batch_size):  # one canvas for all: no grouping by shape
             samples = [self.sample(as_image(im)) for im in images[start:start + batch_size]]

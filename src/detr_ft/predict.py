@@ -14,12 +14,12 @@ from detr_ft.data.coco import CocoIndex, DataReport, image_file_problem, in_thre
 from detr_ft.data.hf_dataset import read_split
 from detr_ft.data.sampling import batches_by_shape
 from detr_ft.data.transforms import load_image
-from detr_ft.detector import Detector, aspect_ratio, check_threshold
+from detr_ft.detector import Detector, aspect_ratio
 from detr_ft.devices import say_if_slow_bf16
 from detr_ft.draw import draw_boxes, side_by_side
 from detr_ft.errors import UserError
 from detr_ft.model.postprocess import to_coco_results
-from detr_ft.thresholds import load_thresholds
+from detr_ft.thresholds import check_threshold, load_thresholds
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
