@@ -170,6 +170,20 @@ def test_resize_gives_the_pixels_of_transformers_image_processors(size):
     assert torch.equal(image_tensor(image), torch.from_numpy(noisy).permute(2, 0, 1))  # no size: as it is
 
 
+@pytest.mark.parametrize("size", [(300, 200), (64, 48), (333, 517)])
+def test_training_resize_kernel_is_pillows_within_rounding(size):
+    """Training's fast uint8 kernel (torch's antialiased bilinear): Pillow's pixels within 2 grey levels,
+    shrinking and enlarging; eval and predict keep Pillow's own."""
+    from detr_ft.data.transforms import image_tensor
+
+    rng = np.random.default_rng(0)
+    noisy = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    image = Image.fromarray(noisy)
+    fast = image_tensor(image, size, fast=True).permute(1, 2, 0).numpy().astype(int)
+    exact = image_tensor(image, size).permute(1, 2, 0).numpy().astype(int)
+    assert fast.shape == exact.shape and np.abs(fast - exact).max() <= 2 and abs(np.mean(fast - exact)) < 0.3
+
+
 def test_flip_mirrors_pixels_and_boxes_together(tmp_path):
     pixels = np.zeros((40, 60, 3), np.uint8)
     pixels[5:15, 2:12] = 255  # a white block on the left

@@ -79,7 +79,7 @@ class Workspace:
         h, w = self.cfg.image_size
         samples = []
         for r in self.index.records[: self.cfg.batch_size]:
-            image = image_tensor(self.index.load_image(r), (h, w))
+            image = image_tensor(self.index.load_image(r), (h, w), fast=True)  # training pixels
             boxes = xywh_to_cxcywh_norm(r.boxes, r.width, r.height)
             samples.append(Sample(image, torch.from_numpy(boxes), torch.from_numpy(r.labels),
                                   r.image_id, (h, w)))

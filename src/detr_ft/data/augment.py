@@ -106,9 +106,9 @@ class AugmentSpec:
         elif crop:
             image, boxes, keep = self._crop(image, boxes, rng)
             labels = labels[keep]
-            pixels = image_tensor(image, self.out_size(resize, env, image.height, image.width, short))
+            pixels = image_tensor(image, self.out_size(resize, env, image.height, image.width, short), fast=True)
         else:
-            pixels = image_tensor(image, self.out_size(resize, env, image.height, image.width, short))
+            pixels = image_tensor(image, self.out_size(resize, env, image.height, image.width, short), fast=True)
         if self.photometric > 0 and rng.random() < self.photometric:
             pixels = distort_colours(pixels, rng, self.jitter)
         if flip:
@@ -151,7 +151,7 @@ class AugmentSpec:
         px, py = min(ow - pw, int(round(ox * ow / fw))), min(oh - ph, int(round(oy * oh / fh)))
         fill = torch.tensor([round(255 * m) for m in mean], dtype=torch.uint8).view(3, 1, 1)
         canvas = fill.expand(3, oh, ow).clone()
-        canvas[:, py:py + ph, px:px + pw] = image_tensor(image, (ph, pw))
+        canvas[:, py:py + ph, px:px + pw] = image_tensor(image, (ph, pw), fast=True)
         out = boxes.astype(np.float64) * np.array([pw, ph, pw, ph]) + np.array([px, py, 0, 0])
         return canvas, out / np.array([ow, oh, ow, oh])
 
