@@ -244,6 +244,25 @@ def test_export_failure_names_operator_and_family(tmp_path, monkeypatch):
         export_onnx(str(ckpt), tmp_path / "model.onnx")
 
 
+def test_a_graph_onnx_runtime_cannot_run_is_one_line_and_leaves_no_file(tmp_path, monkeypatch):
+    """Deformable DETR's 5-D GridSample exports but ONNX Runtime 1.x has no kernel for it: the export
+    says so in one line naming the operator and the family, and leaves no file behind."""
+    import onnxruntime
+
+    from detr_ft.errors import UserError
+    from detr_ft.onnx_export import export_onnx
+
+    def no_kernel(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find an implementation for "
+                           "GridSample(16) node with name '/model/encoder/layers.0/self_attn/attn/GridSample'")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", no_kernel)
+    ckpt = varied_checkpoint("detr-tiny", tmp_path / "model.ckpt")
+    with pytest.raises(UserError, match=r"detr family exports, but ONNX Runtime cannot run .*operator GridSample\(16\)"):
+        export_onnx(str(ckpt), tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()
+
+
 def test_unfaithful_export_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
     """An export whose ONNX Runtime outputs differ from PyTorch's is refused in one line naming
     the family, and leaves no file (here: a tolerance no export meets)."""

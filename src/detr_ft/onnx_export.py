@@ -205,7 +205,13 @@ def check_parity(graph, path: Path, batch_size: int, canvas: tuple[int, int], fa
     mask = torch.ones(batch_size, h, w, dtype=torch.int64)
     with torch.no_grad():
         expected = [t.numpy() for t in graph(pixels, mask)]
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001  (ONNX Runtime's own error types)
+        found = re.search(r"implementation for (\w+\(\d+\))", str(e))
+        raise UserError(f"export --format onnx: the {family} family exports, but ONNX Runtime cannot run its graph "
+                        f"({'operator ' + found.group(1) if found else first_line(e)}); use the Hugging Face "
+                        f"format (--format hf) for this family") from None
     feed = {"pixel_values": pixels.numpy(), "pixel_mask": mask.numpy()}
     got = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
     softmax = family == "detr"
