@@ -24,7 +24,10 @@ from PIL import Image
 
 pytest.importorskip("onnxruntime")
 
-PRESETS = ["detr-tiny", "conditional-detr-tiny", "rtdetr-tiny"]
+# Not yet: dfine-tiny and deimv2-tiny (ONNX Runtime gives no detection on padded images: their graph's
+# outputs there are not PyTorch's), dab-detr-tiny (a box 2 px off), deformable-detr-tiny (ONNX Runtime
+# has no 5-D GridSample: one line, tested below).
+PRESETS = ["detr-tiny", "conditional-detr-tiny", "rtdetr-tiny", "rtdetr-v2-tiny"]
 # (height, width): portrait, landscape, square, odd
 SIZES = [(150, 90), (96, 170), (128, 128), (97, 171)]
 THRESHOLDS = {1: 0.25, 3: 0.5}
@@ -46,7 +49,7 @@ def varied_checkpoint(preset: str, path: Path) -> Path:
         for name, p in bundle.model.named_parameters():
             if re.search(r"decoder\..*\.(q|k)_\w*proj\.weight$", name):
                 p.mul_(30.0)
-            if name.startswith("model.encoder.") and bundle.family == "rt_detr":
+            if name.startswith("model.encoder.") and bundle.family in ("rt_detr", "rt_detr_v2", "d_fine", "deimv2"):
                 p.add_(torch.randn(p.shape, generator=g) * 0.3)  # else its encoder's output is flat: top-k ties
             if any(k in name for k in ("class_labels_classifier", "bbox_predictor", "class_embed", "bbox_embed",
                                        "enc_score_head", "enc_bbox_head")):
@@ -206,11 +209,10 @@ def test_predict_and_eval_with_onnx_equal_the_checkpoint(synthetic_dir, tmp_path
     assert 0.0 <= json.loads((tmp_path / "e" / "metrics.json").read_text())["map"] <= 1.0
 
 
+@pytest.mark.parametrize("exported", ["detr-tiny"], indirect=True)  # one family is enough
 def test_runtime_needs_no_torch(exported, images, tmp_path):
     """``OnnxDetector`` predicts in a process that never imports torch."""
     preset, _, onnx_path = exported
-    if preset != "detr-tiny":
-        pytest.skip("one family is enough")
     images[0].save(tmp_path / "a.png")
     code = (f"import sys; from detr_ft.onnx_runtime import OnnxDetector; "
             f"d = OnnxDetector({str(onnx_path)!r}, device='cpu').predict({str(tmp_path / 'a.png')!r}, threshold=0.0); "
