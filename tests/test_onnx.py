@@ -4,8 +4,8 @@ A randomly initialised tiny model gives nearly the same boxes and scores for eve
 query (its decoder's attention is almost uniform; RT-DETR's hybrid encoder gives
 the same features at every position, so its top-k query selection is all ties),
 which would make parity weak or undefined: the models here have their decoder's
-query/key projections scaled up (sharper attention), RT-DETR's encoder and the
-heads perturbed, seeded; the tests check that the queries differ.
+query/key projections scaled up (sharper attention), RT-DETR's encoder, DAB-DETR's
+anchors and the heads perturbed, seeded; the tests check that the queries differ.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_families import available
 
 pytest.importorskip("onnxruntime")
 
-# Not yet: dfine-tiny and deimv2-tiny (ONNX Runtime gives no detection on padded images: their graph's
-# outputs there are not PyTorch's), dab-detr-tiny (a box 2 px off), deformable-detr-tiny (ONNX Runtime
-# has no 5-D GridSample: one line, tested below).
-PRESETS = ["detr-tiny", "conditional-detr-tiny", "rtdetr-tiny", "rtdetr-v2-tiny"]
+# deformable-detr-tiny: ONNX Runtime has no 5-D GridSample (one line, tested below)
+PRESETS = available(("detr-tiny", "conditional-detr-tiny", "rtdetr-tiny", "rtdetr-v2-tiny", "dfine-tiny", "deimv2-tiny",
+                     "dab-detr-tiny"))
 # (height, width): portrait, landscape, square, odd
 SIZES = [(150, 90), (96, 170), (128, 128), (97, 171)]
 THRESHOLDS = {1: 0.25, 3: 0.5}
@@ -47,10 +47,12 @@ def varied_checkpoint(preset: str, path: Path) -> Path:
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in bundle.model.named_parameters():
-            if re.search(r"decoder\..*\.(q|k)_\w*proj\.weight$", name):
-                p.mul_(30.0)
+            if re.search(r"decoder\..*\.((q|k)_\w*proj|\w*_(query|key)_content_proj)\.weight$", name):
+                p.mul_(30.0)  # DAB-DETR names them cross_attn_query_content_proj, ...
+            if name == "model.query_refpoint_embeddings.weight":
+                p.add_(torch.randn(p.shape, generator=g))  # DAB-DETR's anchors: else its queries' scores tie
             if name.startswith("model.encoder.") and bundle.family in ("rt_detr", "rt_detr_v2", "d_fine", "deimv2"):
-                p.add_(torch.randn(p.shape, generator=g) * 0.3)  # else its encoder's output is flat: top-k ties
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)  # else its encoder's output is flat: top-k ties
             if any(k in name for k in ("class_labels_classifier", "bbox_predictor", "class_embed", "bbox_embed",
                                        "enc_score_head", "enc_bbox_head")):
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
@@ -277,3 +279,25 @@ def test_unfaithful_export_is_refused_in_one_line(tmp_path, monkeypatch, capsys)
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "detr family does not export faithfully" in lines[0]
     assert not (tmp_path / "exp" / "model.onnx").exists()
+
+
+@pytest.mark.slow
+def test_bench_infer_onnx_times_both_runtimes_on_the_same_batches(tmp_path):
+    """``bench --what infer-onnx``: both records, finite ratios that are what they say, and the
+    two runtimes finding the same number of detections on the batch they were timed on."""
+    from detr_ft.cli import main
+
+    path, out = tmp_path / "r.json", tmp_path / "out"
+    rc = main(["bench", "--what", "infer-onnx", "--image-size", "64", "--batch-size", "2", "--steps", "1",
+               "--warmup", "1", "--rounds", "1", "--images", "4", "--no-memory", "--device", "cpu",
+               "--json", str(path), "--output-dir", str(out)])
+    assert rc == 0
+    records = json.loads(path.read_text())
+    assert [(r["benchmark"], r["unit"]) for r in records] == [("infer-onnx", "images/s"), ("latency-onnx", "ms")]
+    for r in records:
+        assert all(np.isfinite(r[k]) and r[k] > 0 for k in ("ours", "baseline", "speedup")), r
+    assert records[0]["speedup"] == pytest.approx(records[0]["ours"] / records[0]["baseline"])
+    assert records[1]["speedup"] == pytest.approx(records[1]["baseline"] / records[1]["ours"])
+    note = next(n for n in json.loads((out / "machine.json").read_text())["notes"] if n.startswith("infer-onnx"))
+    found = re.search(r"detections onnx (\d+), torch (\d+)", note)
+    assert found and found.group(1) == found.group(2), note
