@@ -210,3 +210,27 @@ def test_bad_recipe_settings_are_one_line_errors(flags, message, tmp_path, capsy
                *flags])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.parametrize("model, expected", [("detr-tiny", "preset"), ("rtdetr-tiny", "preset"),
+                                             ("facebook/detr-resnet-50", "pretrained"), ("/some/dir", "pretrained")])
+def test_recipe_defaults_follow_the_kind_of_model_and_flags_win(model, expected):
+    """--augment auto and an unset --ema become the presets' or the pretrained models' recipe; flags given win."""
+    from detr_ft.config import PRESET_RECIPE, PRETRAINED_RECIPE, TrainConfig
+
+    recipe = {"preset": PRESET_RECIPE, "pretrained": PRETRAINED_RECIPE}[expected]
+    chosen = TrainConfig(model=model).with_recipe_defaults()
+    assert (chosen.augment, chosen.ema) == (recipe.augment, recipe.ema)
+    given = TrainConfig(model=model, augment="none", ema=not recipe.ema).with_recipe_defaults()
+    assert (given.augment, given.ema) == ("none", not recipe.ema)
+    assert PRESET_RECIPE != PRETRAINED_RECIPE  # the README explains why they differ
+
+
+def test_train_help_names_the_recipe_defaults(capsys):
+    from detr_ft.config import PRESET_RECIPE, PRETRAINED_RECIPE
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"default: {PRESET_RECIPE.augment} for the tiny presets, {PRETRAINED_RECIPE.augment} for pretrained" in text
+    assert "--ema" in text and "for the tiny presets" in text

@@ -15,7 +15,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from detr_ft.config import DEFAULT_DATA_DIR, DEVICES, TrainConfig
+from detr_ft.config import DEFAULT_DATA_DIR, DEVICES, PRESET_RECIPE, PRETRAINED_RECIPE, TrainConfig
 from detr_ft.errors import UserError
 from detr_ft.log_policy import configure_logging
 from detr_ft.loggers import LOGGERS
@@ -130,7 +130,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training recipe: EMA, best checkpoint, early stopping")
     g.add_argument("--ema", action=b, default=d.ema,
                    help="keep an exponential moving average of the weights; validation, best.ckpt, last.ckpt's "
-                        "weights (eval, predict, export) use it (default: off)")
+                        "weights (eval, predict, export) use it (default: "
+                        f"{'on' if PRESET_RECIPE.ema else 'off'} for the tiny presets, "
+                        f"{'on' if PRETRAINED_RECIPE.ema else 'off'} for pretrained models)")
     g.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay, between 0 and 1 excluded (default %(default)s)")
     g.add_argument("--ema-warmup-steps", type=int, default=d.ema_warmup_steps,
                    help="ramp the decay up as decay * (1 - exp(-step / N)) (0: no ramp; default %(default)s)")
@@ -229,10 +231,11 @@ def add_augment_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     from_preset = "(default: the --augment preset's)"
     g = p.add_argument_group("resolution and augmentation (data/augment.py; the README's 'Training recipe')")
     add_image_size(g, "saved in the checkpoint and the export, so eval and predict use it; None: the model's")
-    g.add_argument("--augment", choices=["none", "flip", "detr", "strong"], default=d.augment,
+    g.add_argument("--augment", choices=["auto", "none", "flip", "detr", "strong"], default=d.augment,
                    help="preset: none; flip (hflip 0.5); detr (+ short side drawn from 0.6-1.0 x the resize's, "
-                        "random-size crop p 0.5); strong (detr + photometric p 0.8, zoom-out p 0.3) "
-                        "(default: %(default)s)")
+                        "random-size crop p 0.5); strong (detr + photometric p 0.8, zoom-out p 0.3); auto, the "
+                        f"default: {PRESET_RECIPE.augment} for the tiny presets, {PRETRAINED_RECIPE.augment} for "
+                        "pretrained models (hub ids, directories)")
     g.add_argument("--hflip", type=float, default=d.hflip,
                    help=f"probability of a horizontal flip; 0 for text, digits, arrows {from_preset}")
     g.add_argument("--scales", type=int, nargs=2, metavar=("MIN", "MAX"), default=d.scales,

@@ -146,7 +146,7 @@ def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
 
 
 def _fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...]):
-    cfg.validate()
+    cfg = cfg.with_recipe_defaults().validate()  # --augment auto, --ema unset: the model's recipe
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
