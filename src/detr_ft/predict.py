@@ -10,9 +10,9 @@ from typing import Callable, NamedTuple
 import numpy as np
 from PIL import Image
 
-from detr_ft.data.hf_dataset import read_split
 from detr_ft.data.image_check import image_file_problem
 from detr_ft.data.sampling import batches_by_shape
+from detr_ft.data.source import read_split
 from detr_ft.data.transforms import load_image
 from detr_ft.data.validation import DataReport
 from detr_ft.detector import Detector, aspect_ratio

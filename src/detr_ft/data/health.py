@@ -89,7 +89,7 @@ class SplitData:
 
 def read_splits(data_dir, hf_dataset: str | None, on_bad_data: str, resize: ResizeSpec) -> list[SplitData]:
     """train, and test when the dataset has one, read as training reads them."""
-    from detr_ft.data.hf_dataset import read_split
+    from detr_ft.data.source import read_split
 
     train = read_split(data_dir, "train", on_bad_data, hf_dataset=hf_dataset)
     splits = [SplitData.of("train", train, resize)]

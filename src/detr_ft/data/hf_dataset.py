@@ -224,13 +224,3 @@ def load_hf_index(name_or_path: str, split: str, on_bad_data: str = "error",
     source = Path(name_or_path)
     return HfIndex(images_dir=source / used, annotation_file=source / used, categories=cats, records=records,
                    report=report, images=images, rows=rows)
-
-
-def read_split(data_dir, split: str, on_bad_data: str = "error", categories: Categories | None = None,
-               hf_dataset: str | None = None) -> DatasetIndex:
-    """One split from ``--hf-dataset`` when given, else from the COCO folder ``--data-dir``."""
-    if hf_dataset:
-        return load_hf_index(hf_dataset, split, on_bad_data, categories=categories)
-    from detr_ft.data.coco import load_index
-
-    return load_index(Path(data_dir).expanduser(), split, on_bad_data, categories=categories)
