@@ -11,8 +11,8 @@ from detr_ft.analysis.confusion import confusion_matrix
 from detr_ft.analysis.matching import per_image
 from detr_ft.analysis.pr import class_curves
 from detr_ft.analysis.tide import ERROR_TYPES, error_breakdown
-from detr_ft.data.coco import Categories
 from detr_ft.metrics import coco_metrics
+from detr_ft.types import Categories
 
 CATS = Categories((3, 7, 9), ("a", "b", "c"))  # non-contiguous ids, as real datasets have
 

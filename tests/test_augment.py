@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from detr_ft.data.augment import AugmentSpec, augment_spec
-from detr_ft.data.transforms import ResizeSpec
+from detr_ft.types import ResizeSpec
 
 BLACK_FILL = ResizeSpec(64, 96, mean=(0.0, 0.0, 0.0))  # zoom-out frames black, like the background
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255)]

@@ -122,7 +122,7 @@ def test_image_size_and_defaults_per_model():
 @pytest.mark.compat
 def test_stock_collate_pads_targets_to_the_bucket_as_the_original():
     from detr_ft.bench.stock import StockCollate, stock_buckets, stock_processor
-    from detr_ft.data.transforms import ResizeSpec
+    from detr_ft.types import ResizeSpec
 
     processor = stock_processor(ResizeSpec(32, 48))
     images = [torch.randn(3, 32, 48), torch.randn(3, 48, 32)]
@@ -148,7 +148,7 @@ def test_stock_collate_pads_targets_to_the_bucket_as_the_original():
 def test_stock_dataset_matches_the_processor_and_contiguous_labels(synthetic_dir):
     from detr_ft.bench.stock import StockCocoDetection, stock_processor
     from detr_ft.data.coco import load_index
-    from detr_ft.data.transforms import ResizeSpec
+    from detr_ft.types import ResizeSpec
 
     index = load_index(synthetic_dir, "train")
     label_of = {cid: i for i, cid in enumerate(index.categories.ids)}
@@ -189,7 +189,7 @@ def test_a_lone_side_holds_one_model_and_starts_where_the_pair_does():
     """The peak-RSS children build one side only; its weights are the shared initial state."""
     from detr_ft.bench.config import BenchConfig
     from detr_ft.bench.models import Sides
-    from detr_ft.data.coco import Categories
+    from detr_ft.types import Categories
     from detr_ft.model.build import build_model
 
     cfg = BenchConfig(model="detr-tiny").resolved()
@@ -368,7 +368,7 @@ def test_training_and_eval_hand_batches_over_with_their_worker_count(varied_mode
     from detr_ft.cli import main
     from detr_ft.data.batching import ready_from_loader
     from detr_ft.data.coco import load_index
-    from detr_ft.data.transforms import ResizeSpec
+    from detr_ft.types import ResizeSpec
 
     calls = []
 
@@ -403,8 +403,7 @@ def test_predict_batches_by_orientation_and_keeps_the_order_given(tmp_path):
     would pad each other to a square) and returns the results in the order of the input."""
     from PIL import Image
 
-    from detr_ft.data.coco import Categories
-    from detr_ft.data.transforms import ResizeSpec
+    from detr_ft.types import Categories, ResizeSpec
     from detr_ft.detector import Detector, aspect_ratio
     from detr_ft.model.postprocess import Detections
 

@@ -9,8 +9,9 @@ from PIL import Image
 
 from detr_ft.data.coco import load_index
 from detr_ft.data.dataset import DetectionDataset
-from detr_ft.data.transforms import ResizeSpec, load_image
+from detr_ft.data.transforms import load_image
 from detr_ft.errors import UserError
+from detr_ft.types import ResizeSpec
 
 
 def write_dataset(root, images, annotations, categories, split="train", pixels=None):

@@ -10,9 +10,9 @@ from transformers.loss.loss_deformable_detr import DeformableDetrForObjectDetect
 from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
 
 import detr_ft.model.matcher as matcher_module
-from detr_ft.data.batching import PAD_BOX
 from detr_ft.model.criterion import FocalSetCriterion, SetCriterion
 from detr_ft.model.matcher import HungarianMatcher
+from detr_ft.types import PAD_BOX
 
 pytestmark = pytest.mark.compat
 

@@ -44,7 +44,7 @@ def test_cosine_follows_the_time_budget():
     """With --max-minutes the cosine ends when the time runs out, even when far fewer steps than planned ran."""
     from lightning.pytorch.callbacks import Timer
 
-    from detr_ft.data.coco import Categories
+    from detr_ft.types import Categories
     from detr_ft.engine import DetrModule, OptimConfig
     from detr_ft.model.build import build_model
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from detr_ft.data.batching import PAD_BOX, Batch
-from detr_ft.data.coco import Categories
+from detr_ft.data.batching import Batch
 from detr_ft.model.build import backbone_module, build_model
 from detr_ft.model.criterion import FocalSetCriterion, SetCriterion
 from detr_ft.model.outputs import detection_outputs, rtdetr_forward, transformers_loss
 from detr_ft.model.postprocess import postprocess
+from detr_ft.types import PAD_BOX, Categories
 
 pytestmark = pytest.mark.compat
 

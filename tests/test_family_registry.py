@@ -13,11 +13,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from detr_ft.cli import main
-from detr_ft.data.transforms import UNNORMALISED
 from detr_ft.errors import UserError
 from detr_ft.model.build import build_model, resize_from_processor
 from detr_ft.model.families import FAMILIES, SUPPORTED_FAMILIES
 from detr_ft.model.outputs import detection_outputs
+from detr_ft.types import UNNORMALISED
 from test_families import available
 
 pytestmark = pytest.mark.compat
@@ -139,7 +139,7 @@ def test_resize_follows_the_processor_config(tmp_path):
     """RT-DETR's processor: 640 x 640, aspect ratio not kept, pixels / 255 only; DETR's: edges, ImageNet."""
     import transformers
 
-    from detr_ft.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from detr_ft.types import IMAGENET_MEAN, IMAGENET_STD
 
     rtdetr = tmp_path / "rtdetr"
     (getattr(transformers, "RTDetrImageProcessorPil", None) or transformers.RTDetrImageProcessor)().save_pretrained(rtdetr)

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from detr_ft.data.coco import check_image_file, load_index
+from detr_ft.data.coco import load_index
+from detr_ft.data.image_check import check_image_file
 from detr_ft.data.transforms import load_image
 from detr_ft.errors import UserError
 

@@ -168,7 +168,7 @@ def test_hf_images_are_sized_upright_and_a_broken_one_is_a_clear_error(tmp_path)
 def test_bad_rows_error_or_skip(tmp_path):
     from datasets import Dataset, DatasetDict
 
-    from detr_ft.data.coco import Categories
+    from detr_ft.types import Categories
     from detr_ft.data.hf_dataset import load_hf_index
     from detr_ft.errors import UserError
 

@@ -39,7 +39,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 def varied_checkpoint(preset: str, path: Path) -> Path:
     """A detr-ft checkpoint of ``preset`` whose queries give different outputs (see module doc)."""
-    from detr_ft.data.coco import Categories
+    from detr_ft.types import Categories
     from detr_ft.data.synthetic import SyntheticSpec
     from detr_ft.model.build import build_model
 

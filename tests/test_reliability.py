@@ -18,7 +18,8 @@ from PIL import Image
 
 from detr_ft.cli import main
 from detr_ft.config import TrainConfig
-from detr_ft.data.coco import _jpeg_is_complete, load_index
+from detr_ft.data.coco import load_index
+from detr_ft.data.jpeg_check import jpeg_is_complete
 from detr_ft.errors import UserError
 
 CATS = [{"id": 4, "name": "mask"}, {"id": 11, "name": "gloves"}]
@@ -93,10 +94,10 @@ def test_bad_image_files_stop_the_run_with_one_line_naming_each(mixed_files):
 
 @pytest.mark.parametrize("threads", [1, 3])
 def test_bad_image_files_are_left_out_and_counted_under_skip(mixed_files, monkeypatch, threads):
-    import detr_ft.data.coco as coco
+    import detr_ft.threads as threads_module
 
-    monkeypatch.setattr(coco, "CHECK_THREADS", threads)
-    monkeypatch.setattr(coco, "CHECK_THREADS_FROM", 1)  # the threaded path for a few files too
+    monkeypatch.setattr(threads_module, "THREADS", threads)
+    monkeypatch.setattr(threads_module, "THREADS_FROM", 1)  # the threaded path for a few files too
     index = load_index(mixed_files, "train", on_bad_data="skip")
     assert [r.file_name for r in index.records] == ["ok.png", "sub/deep.jpg", "link_in.png"]
     assert index.report.to_dict() == {"skipped_records": 7, "skipped_objects": 7, "dropped_boxes": 0,
@@ -128,26 +129,26 @@ def test_predict_checks_image_files_before_running_any(mixed_files, trained_run,
 
 def test_jpeg_completeness_check():
     jpg = image_bytes("JPEG", quality=90)
-    assert _jpeg_is_complete(jpg)
-    assert _jpeg_is_complete(jpg + b"\x00" * 64 + b"camera trailer")  # bytes after the end marker are fine
-    assert not _jpeg_is_complete(jpg[:-2])
+    assert jpeg_is_complete(jpg)
+    assert jpeg_is_complete(jpg + b"\x00" * 64 + b"camera trailer")  # bytes after the end marker are fine
+    assert not jpeg_is_complete(jpg[:-2])
     progressive = image_bytes("JPEG", quality=90, progressive=True)
-    assert _jpeg_is_complete(progressive) and not _jpeg_is_complete(progressive[: len(progressive) * 2 // 3])
+    assert jpeg_is_complete(progressive) and not jpeg_is_complete(progressive[: len(progressive) * 2 // 3])
     # an end marker inside a segment before the scan (an EXIF thumbnail's) does not count
     thumbnail = b"\xff\xe1" + (2 + 6).to_bytes(2, "big") + b"ab\xff\xd9cd"
     truncated = jpg[:2] + thumbnail + jpg[2: len(jpg) // 2]
-    assert not _jpeg_is_complete(truncated)
-    assert _jpeg_is_complete(jpg[:2] + thumbnail + jpg[2:])
+    assert not jpeg_is_complete(truncated)
+    assert jpeg_is_complete(jpg[:2] + thumbnail + jpg[2:])
 
 
 @pytest.mark.parametrize("small_blocks", [False, True])
 def test_jpeg_file_check_reads_head_and_tail_and_agrees_with_the_whole_file_check(tmp_path, monkeypatch, small_blocks):
     """The file check reads only the head and tail where that settles it; its answer is always the full check's."""
-    import detr_ft.data.coco as coco
+    import detr_ft.data.jpeg_check as jpeg_check
 
     if small_blocks:  # force the fall-backs: a head that ends before the scan, a tail without the end marker
-        monkeypatch.setattr(coco, "JPEG_HEAD_BYTES", 16)
-        monkeypatch.setattr(coco, "JPEG_TAIL_BYTES", 8)
+        monkeypatch.setattr(jpeg_check, "JPEG_HEAD_BYTES", 16)
+        monkeypatch.setattr(jpeg_check, "JPEG_TAIL_BYTES", 8)
     jpg = image_bytes("JPEG", quality=90)
     progressive = image_bytes("JPEG", quality=90, progressive=True)
     thumbnail = b"\xff\xe1" + (2 + 6).to_bytes(2, "big") + b"ab\xff\xd9cd"
@@ -161,9 +162,9 @@ def test_jpeg_file_check_reads_head_and_tail_and_agrees_with_the_whole_file_chec
     for name, data in cases.items():
         path = tmp_path / f"{name}.jpg"
         path.write_bytes(data)
-        assert coco._jpeg_file_is_complete(path) == _jpeg_is_complete(data), name
-    assert coco._jpeg_file_is_complete(tmp_path / "long_trailer.jpg")
-    assert not coco._jpeg_file_is_complete(tmp_path / "thumbnail_cut.jpg")
+        assert jpeg_check.jpeg_file_is_complete(path) == jpeg_is_complete(data), name
+    assert jpeg_check.jpeg_file_is_complete(tmp_path / "long_trailer.jpg")
+    assert not jpeg_check.jpeg_file_is_complete(tmp_path / "thumbnail_cut.jpg")
 
 
 def test_link_to_the_images_folder_itself_is_fine(tmp_path):
@@ -181,7 +182,7 @@ def test_link_to_the_images_folder_itself_is_fine(tmp_path):
 def test_legitimate_variety_passes_the_checks(tmp_path):
     """Any Pillow mode and format, EXIF-rotated JPEGs, subfolders, non-contiguous ids: nothing is left out."""
     from detr_ft.data.dataset import DetectionDataset
-    from detr_ft.data.transforms import ResizeSpec
+    from detr_ft.types import ResizeSpec
 
     root = tmp_path / "data"
     (root / "images" / "a" / "b").mkdir(parents=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detr_ft.data.transforms import ResizeSpec
+from detr_ft.types import ResizeSpec
 
 RULES = [(800, 1333), (128, 192), (96, 160), (512, 853)]
 
@@ -66,7 +66,7 @@ def test_the_issue_strips_stay_within_longest():
 
 def test_image_size_on_a_fixed_size_rule_keeps_it_fixed():
     """RT-DETR-line processors resize to a fixed height x width: --image-size changes that size."""
-    from detr_ft.data.transforms import ResizeSpec
+    from detr_ft.types import ResizeSpec
 
     spec = ResizeSpec.fixed_size(640, 640)
     assert spec.with_image_size([320]).output_size(100, 300) == (320, 320)

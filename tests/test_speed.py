@@ -138,7 +138,8 @@ def test_fused_frozen_norms_train_the_same(synthetic_dir):
     copy, a pickle and a dtype change (the convolution reads the norm it is handed, not a copy)."""
     import pickle
 
-    from detr_ft.model.build import ModelBundle, ResizeSpec
+    from detr_ft.model.build import ModelBundle
+    from detr_ft.types import ResizeSpec
 
     index = load_index(synthetic_dir, "train")
     resize = ResizeSpec(shortest=96, longest=128)

@@ -15,9 +15,9 @@ from detr_ft.data.batching import (Collator, batch_padding_fraction, bucket_size
 from detr_ft.data.coco import load_index
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.data.sampling import EpochSampler, ShapeBatchSampler, _shard, batches_by_shape
-from detr_ft.data.transforms import ResizeSpec
 from detr_ft.engine import DetrModule, OptimConfig
 from detr_ft.model.build import PRESETS, build_model
+from detr_ft.types import ResizeSpec
 
 RESIZE = ResizeSpec(96, 144)
 

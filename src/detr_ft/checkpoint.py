@@ -19,9 +19,8 @@ from typing import Any
 
 import torch
 
-from detr_ft.data.coco import Categories
-from detr_ft.data.transforms import ResizeSpec
 from detr_ft.errors import UserError, first_line
+from detr_ft.types import Categories, ResizeSpec
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

@@ -117,7 +117,7 @@ class TrainConfig:
             raise UserError(f"--bootstrap must be 0 (off) or a number of resamples (got {self.bootstrap})")
         if not 0.0 <= self.threshold <= 1.0:
             raise UserError(f"--threshold must be between 0 and 1 (got {self.threshold})")
-        from detr_ft.data.transforms import ResizeSpec
+        from detr_ft.types import ResizeSpec
 
         self.with_recipe_defaults().augment_spec(ResizeSpec(800, 1333).with_image_size(self.image_size))  # every flag
         self._validate_recipe()

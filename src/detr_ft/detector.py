@@ -22,10 +22,9 @@ import torch
 from PIL import Image
 
 from detr_ft.data.batching import Batch, Collator
-from detr_ft.data.coco import Categories
 from detr_ft.data.dataset import Sample
 from detr_ft.data.sampling import batches_by_shape
-from detr_ft.data.transforms import ResizeSpec, resized_tensor, to_rgb
+from detr_ft.data.transforms import resized_tensor, to_rgb
 from detr_ft.devices import bf16_autocast, inference_device
 from detr_ft.errors import UserError
 from detr_ft.image_input import as_image, aspect_ratio, detection_dicts, predict_arguments  # noqa: F401  (aspect_ratio: predict.py)
@@ -33,6 +32,7 @@ from detr_ft.model.families import family_of
 from detr_ft.model.outputs import detection_outputs
 from detr_ft.model.postprocess import Detections, postprocess
 from detr_ft.model.speed import channels_last_where_it_helps, fold_batch_norms
+from detr_ft.types import Categories, ResizeSpec
 
 
 class Detector:

@@ -12,10 +12,8 @@ from torch.utils.data import DataLoader
 
 from detr_ft.data.batching import Batch, Collator, ready_from_loader
 from detr_ft.data.augment import AugmentSpec
-from detr_ft.data.coco import Categories, CocoIndex
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.data.sampling import EpochSampler, ShapeBatchSampler
-from detr_ft.data.transforms import ResizeSpec
 from detr_ft.metrics import METRIC_NAMES, coco_metrics
 from detr_ft.model.build import ModelBundle, backbone_module
 from detr_ft.model.criterion import SetCriterion
@@ -23,6 +21,7 @@ from detr_ft.model.families import family_of
 from detr_ft.model.outputs import detection_outputs, transformers_loss
 from detr_ft.model.postprocess import postprocess, to_coco_results
 from detr_ft.schedule import lr_factor
+from detr_ft.types import Categories, DatasetIndex, ResizeSpec
 
 LOSS_PARTS = ("loss_ce", "loss_bbox", "loss_giou")
 MAX_DETECTIONS = 100  # per image, as COCO evaluation counts them
@@ -176,7 +175,7 @@ class DetectionData(L.LightningDataModule):
     with blank images when the collator is static (``fill_to``).
     """
 
-    def __init__(self, train_index: CocoIndex, val_index: CocoIndex | None, resize: ResizeSpec,
+    def __init__(self, train_index: DatasetIndex, val_index: DatasetIndex | None, resize: ResizeSpec,
                  batch_size: int, num_workers: int, collator: Collator, val_collator: Collator | None = None,
                  seed: int = 0, shuffle: bool = True, drop_last: bool = False, pin_memory: bool = False,
                  hflip: float = 0.5, shape_batches: bool = False, augment: AugmentSpec | None = None):

@@ -10,9 +10,9 @@ from torch.utils.data import DataLoader
 from detr_ft.analysis import analyse
 from detr_ft.analysis.bootstrap import default_resamples
 from detr_ft.data.batching import ready_from_loader
-from detr_ft.data.hf_dataset import read_split
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.data.sampling import ShapeBatchSampler
+from detr_ft.data.source import read_split
 from detr_ft.detector import Detector
 from detr_ft.devices import say_if_slow_bf16
 from detr_ft.metrics import coco_metrics, format_table, ground_truth

@@ -26,10 +26,9 @@ import json
 from pathlib import Path
 
 from detr_ft.checkpoint import model_from_checkpoint
-from detr_ft.data.coco import Categories
-from detr_ft.data.transforms import ResizeSpec
 from detr_ft.errors import UserError, first_line
 from detr_ft.model.build import portable_config
+from detr_ft.types import Categories, ResizeSpec
 
 
 def image_processor_for(model, resize: ResizeSpec):

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from detr_ft.data.coco import Categories
 from detr_ft.data.transforms import displayed_size, load_image
 from detr_ft.errors import UserError
+from detr_ft.types import Categories
 
 
 def predict_arguments(images, threshold, batch_size: int, detector) -> tuple[list, bool]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 
-from detr_ft.data.coco import Categories, ImageRecord
+from detr_ft.types import Categories, ImageRecord
 
 METRIC_NAMES = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100")
 

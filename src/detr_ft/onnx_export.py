@@ -29,9 +29,8 @@ import re
 import warnings
 from pathlib import Path
 
-from detr_ft.data.coco import Categories
-from detr_ft.data.transforms import ResizeSpec
 from detr_ft.errors import UserError, first_line
+from detr_ft.types import Categories, ResizeSpec
 
 ONNX_NAME = "model.onnx"
 OPSET = 17

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from detr_ft.data.coco import Categories
-from detr_ft.data.transforms import ResizeSpec, resize_image, to_rgb
+from detr_ft.data.transforms import resize_image, to_rgb
 from detr_ft.errors import UserError, first_line
 from detr_ft.image_input import as_image, detection_dicts, predict_arguments
 from detr_ft.onnx_export import (METADATA_BATCH, METADATA_CANVAS, METADATA_CATEGORIES, METADATA_FAMILY,
                                  METADATA_RESIZE, METADATA_THRESHOLDS, require_onnx)
+from detr_ft.types import Categories, ResizeSpec
 
 # as model/postprocess.SIGMOID_TOP_K (that module imports torch)
 SIGMOID_TOP_K = 100

@@ -10,16 +10,19 @@ from typing import Callable, NamedTuple
 import numpy as np
 from PIL import Image
 
-from detr_ft.data.coco import CocoIndex, DataReport, image_file_problem, in_threads
-from detr_ft.data.hf_dataset import read_split
+from detr_ft.data.image_check import image_file_problem
 from detr_ft.data.sampling import batches_by_shape
+from detr_ft.data.source import read_split
 from detr_ft.data.transforms import load_image
+from detr_ft.data.validation import DataReport
 from detr_ft.detector import Detector, aspect_ratio
 from detr_ft.devices import say_if_slow_bf16
 from detr_ft.draw import draw_boxes, side_by_side
 from detr_ft.errors import UserError
 from detr_ft.model.postprocess import to_coco_results
 from detr_ft.thresholds import check_threshold, load_thresholds
+from detr_ft.threads import in_threads
+from detr_ft.types import DatasetIndex
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -65,7 +68,7 @@ def run_predict(ckpt_path: str, out_dir: Path, images: list[str] | None = None, 
                 split: str = "test", threshold: float = 0.5, max_inf_frames: int = 0, batch_size: int = 8,
                 device: str = "auto", pad: bool = False, detector: Detector | None = None,
                 hf_dataset: str | None = None, cuda_graphs: bool = False, channels_last: bool = True,
-                autocast: bool = False, on_bad_data: str = "error", index: CocoIndex | None = None,
+                autocast: bool = False, on_bad_data: str = "error", index: DatasetIndex | None = None,
                 image_size=None, thresholds_file: str | None = None) -> dict:
     """Run the detector over images, a dataset split (``data_dir``, or ``hf_dataset``) or an
     ``index`` already read (training's validation split); returns a summary. ``threshold``

@@ -17,7 +17,7 @@ from detr_ft.averaging import EMA
 from detr_ft.checkpoint import load_checkpoint, model_from_checkpoint
 from detr_ft.config import TrainConfig
 from detr_ft.data.batching import Collator, batch_padding_fraction, compute_buckets, padded_pixel_fraction
-from detr_ft.data.hf_dataset import read_split
+from detr_ft.data.source import read_split
 from detr_ft.engine import DetectionData, DetrModule, NonFiniteLossError, OptimConfig, Throughput
 from detr_ft.devices import device_type, process_settings_restored, say_if_slow_bf16, trainer_device
 from detr_ft.errors import UserError

@@ -22,7 +22,7 @@ class Workspace:
     def __init__(self, cfg: BenchConfig, root: Path):
         from detr_ft.data.coco import load_index
         from detr_ft.data.synthetic import SyntheticSpec, generate
-        from detr_ft.data.transforms import ResizeSpec
+        from detr_ft.types import ResizeSpec
 
         self.cfg = cfg
         self.root = root

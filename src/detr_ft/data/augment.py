@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from detr_ft.data.transforms import MIN_IMAGE_SIDE, ResizeSpec, hflip, image_tensor, resize_output_size
+from detr_ft.data.transforms import hflip, image_tensor
 from detr_ft.errors import UserError
+from detr_ft.types import MIN_IMAGE_SIDE, ResizeSpec, resize_output_size
 
 # RT-DETR's / torchvision's photometric distortion ranges: brightness, contrast, saturation
 # (factors 1 +- x) and hue (a fraction of the colour circle, +- x)

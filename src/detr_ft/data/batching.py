@@ -15,10 +15,7 @@ from torch.utils.data import get_worker_info
 
 from detr_ft.data.padding import bucket_size, compute_buckets, padded_pixel_fraction  # noqa: F401  (re-exported)
 from detr_ft.devices import one_cpu_thread
-
-# A padded object slot holds this box: finite and non-degenerate, so that any
-# cost or loss computed on it stays finite (it is masked out afterwards anyway).
-PAD_BOX = (0.5, 0.5, 1.0, 1.0)
+from detr_ft.types import PAD_BOX
 
 
 @dataclass

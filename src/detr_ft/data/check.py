@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from detr_ft.data.health import DEFAULT_RESIZE, CheckSettings, check_dataset
-from detr_ft.data.transforms import ResizeSpec
 from detr_ft.errors import UserError
+from detr_ft.types import ResizeSpec
 
 
 def resize_for_check(model: str | None, image_size: list[int] | None) -> ResizeSpec:

@@ -29,9 +29,10 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from detr_ft.data.coco import DataReport, image_file_problem
+from detr_ft.data.image_check import image_file_problem
 from detr_ft.data.split import check_fraction, stratified_split, write_json
 from detr_ft.data.transforms import displayed_size
+from detr_ft.data.validation import DataReport
 from detr_ft.errors import UserError, first_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")

@@ -1,4 +1,4 @@
-"""The torch Dataset: one record of a ``CocoIndex`` -> one resized ``Sample``."""
+"""The torch Dataset: one record of a ``DatasetIndex`` -> one resized ``Sample``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from detr_ft.data.coco import CocoIndex
 from detr_ft.data.augment import AugmentSpec
 from detr_ft.devices import one_cpu_thread
-from detr_ft.data.transforms import ResizeSpec, resized_tensor, xywh_to_cxcywh_norm
+from detr_ft.data.transforms import resized_tensor, xywh_to_cxcywh_norm
+from detr_ft.types import DatasetIndex, ResizeSpec
 
 
 @dataclass
@@ -33,11 +33,11 @@ class Sample:
 
 
 class DetectionDataset(Dataset):
-    """Lazy image loading over a ``CocoIndex`` (``index.load_image``: files, or a 🤗 datasets
+    """Lazy image loading over a ``DatasetIndex`` (``index.load_image``: files, or a 🤗 datasets
     table); when ``train``, the augmentation ``augment`` (default: a horizontal flip with
     probability ``hflip``; ``data/augment.py``)."""
 
-    def __init__(self, index: CocoIndex, resize_spec: ResizeSpec, train: bool = False, seed: int = 0,
+    def __init__(self, index: DatasetIndex, resize_spec: ResizeSpec, train: bool = False, seed: int = 0,
                  hflip: float = 0.5, augment: AugmentSpec | None = None):
         self.index = index
         self.resize_spec = resize_spec

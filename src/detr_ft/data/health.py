@@ -23,9 +23,7 @@ import numpy as np
 from detr_ft.data.coco import CocoIndex, annotation_path, read_json
 from detr_ft.data.image_hash import file_digest, near_pairs, phash
 from detr_ft.data.padding import bucket_size, compute_buckets, padded_pixel_fraction
-from detr_ft.data.transforms import ResizeSpec
-
-# facebook/detr-resnet-50's resize (model/build.py's DETR_RESIZE; that module imports torch)
+from detr_ft.types import DatasetIndex, ResizeSpec
 DEFAULT_RESIZE = ResizeSpec(shortest=800, longest=1333)
 COCO_SMALL, COCO_MEDIUM = 32 ** 2, 96 ** 2  # COCO's area limits of small and medium objects (pixels)
 MAX_EXAMPLES = 10
@@ -64,14 +62,14 @@ class SplitData:
     """
 
     name: str
-    index: CocoIndex
+    index: DatasetIndex
     boxes: np.ndarray
     labels: np.ndarray
     owner: np.ndarray
     scale: np.ndarray
 
     @classmethod
-    def of(cls, name: str, index: CocoIndex, resize: ResizeSpec) -> "SplitData":
+    def of(cls, name: str, index: DatasetIndex, resize: ResizeSpec) -> "SplitData":
         recs = index.records
         boxes = np.concatenate([r.boxes for r in recs]) if recs else np.zeros((0, 4), np.float32)
         labels = np.concatenate([r.labels for r in recs]) if recs else np.zeros(0, np.int64)
@@ -91,7 +89,7 @@ class SplitData:
 
 def read_splits(data_dir, hf_dataset: str | None, on_bad_data: str, resize: ResizeSpec) -> list[SplitData]:
     """train, and test when the dataset has one, read as training reads them."""
-    from detr_ft.data.hf_dataset import read_split
+    from detr_ft.data.source import read_split
 
     train = read_split(data_dir, "train", on_bad_data, hf_dataset=hf_dataset)
     splits = [SplitData.of("train", train, resize)]
@@ -249,7 +247,7 @@ def category_findings(s: SplitData) -> list[Finding]:
     return out
 
 
-def _image_bytes(index: CocoIndex, record) -> bytes:
+def _image_bytes(index: DatasetIndex, record) -> bytes:
     """The encoded bytes of a record's image: its file, or a 🤗 datasets cell."""
     if type(index) is CocoIndex:
         return index.image_path(record).read_bytes()

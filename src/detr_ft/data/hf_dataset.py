@@ -1,4 +1,4 @@
-"""🤗 datasets detection data (CPPE-5's hub schema) -> the same ``CocoIndex`` as the COCO reader.
+"""🤗 datasets detection data (CPPE-5's hub schema) -> a ``DatasetIndex``, as the COCO reader's.
 
 The schema (``cppe-5`` on the Hugging Face hub)::
 
@@ -28,10 +28,10 @@ from typing import Any
 
 from PIL import Image
 
-from detr_ft.data.coco import (Categories, CocoIndex, DataReport, ImageRecord,
-                               _clean_boxes, _is_id, _is_number)
 from detr_ft.data.transforms import decode_image, displayed_size
+from detr_ft.data.validation import DataReport, clean_boxes, is_id, is_number
 from detr_ft.errors import UserError, first_line
+from detr_ft.types import Categories, DatasetIndex, ImageRecord
 
 INSTALL_HINT = "pip install 'detr-ft[hub]'"
 # Our split name -> the names a 🤗 dataset may use for it, in order of preference.
@@ -125,8 +125,8 @@ def _objects(objects) -> tuple[list, list]:
 
 
 @dataclass
-class HfIndex(CocoIndex):
-    """A ``CocoIndex`` whose pixels come from a 🤗 datasets split, one row at a time.
+class HfIndex(DatasetIndex):
+    """A ``DatasetIndex`` whose pixels come from a 🤗 datasets split, one row at a time.
 
     ``image_path`` is a name for outputs (annotated file names, ``file_name`` in
     detections.json), not a file.
@@ -160,16 +160,16 @@ def _image_source(item: dict):
 
 def _row_problem(image_id, width, height, bboxes, labels, seen_ids, cat_index) -> str | None:
     """Why a row cannot be used, or None."""
-    if not _is_id(image_id):
+    if not is_id(image_id):
         return "image_id is not an integer"
     if image_id in seen_ids:
         return "duplicate image_id"
-    if not (_is_number(width) and _is_number(height) and width > 0 and height > 0):
+    if not (is_number(width) and is_number(height) and width > 0 and height > 0):
         return "width and height must be positive numbers"
     if len(bboxes) != len(labels):
         return f"{len(bboxes)} bboxes for {len(labels)} categories"
     for box, label in zip(bboxes, labels):
-        if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(_is_number(v) for v in box)):
+        if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(is_number(v) for v in box)):
             return f"bbox {box!r} is not four numbers [x, y, w, h]"
         if label not in cat_index:
             return f"category {label!r} is not one of {list(cat_index)}"
@@ -215,7 +215,7 @@ def load_hf_index(name_or_path: str, split: str, on_bad_data: str = "error",
             bad.append(f"row {row} (image_id {image_id!r}): {problem}")
             continue
         objects = [(list(map(float, box)), cat_index[label]) for box, label in zip(bboxes, labels)]
-        boxes, label_idx = _clean_boxes(objects, float(width), float(height), report)
+        boxes, label_idx = clean_boxes(objects, float(width), float(height), report)
         rows[image_id] = row
         records.append(ImageRecord(image_id, f"{used}-{row:06d}", int(width), int(height), boxes, label_idx))
     report.settle_bad(where, bad, "row", on_bad_data)
@@ -224,13 +224,3 @@ def load_hf_index(name_or_path: str, split: str, on_bad_data: str = "error",
     source = Path(name_or_path)
     return HfIndex(images_dir=source / used, annotation_file=source / used, categories=cats, records=records,
                    report=report, images=images, rows=rows)
-
-
-def read_split(data_dir, split: str, on_bad_data: str = "error", categories: Categories | None = None,
-               hf_dataset: str | None = None) -> CocoIndex:
-    """One split from ``--hf-dataset`` when given, else from the COCO folder ``--data-dir``."""
-    if hf_dataset:
-        return load_hf_index(hf_dataset, split, on_bad_data, categories=categories)
-    from detr_ft.data.coco import load_index
-
-    return load_index(Path(data_dir).expanduser(), split, on_bad_data, categories=categories)

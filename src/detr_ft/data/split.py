@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from detr_ft.data.coco import _is_id, read_json
+from detr_ft.data.coco import read_json
+from detr_ft.data.validation import is_id
 from detr_ft.errors import UserError
 
 NO_OBJECTS = object()  # the group of images without objects
@@ -67,7 +68,7 @@ def _coco_parts(doc, path: Path) -> tuple[list, list]:
         raise UserError(f"{path}: not a COCO detection file (needs 'images' and 'annotations' lists)")
     images, ids = doc["images"], set()
     for i, img in enumerate(images):
-        if not isinstance(img, dict) or not _is_id(img.get("id")) or img["id"] in ids:
+        if not isinstance(img, dict) or not is_id(img.get("id")) or img["id"] in ids:
             raise UserError(f"{path}: images[{i}] needs a unique integer 'id' to be split by")
         ids.add(img["id"])
     annotations = doc.get("annotations", [])

@@ -4,13 +4,13 @@ Boxes travel as (cx, cy, w, h) normalised by the image size, which resizing
 leaves unchanged and a horizontal flip maps to (1 - cx, cy, w, h).
 
 torch is imported where a tensor is made, not here: the ONNX runtime
-(``onnx_runtime.py``) uses the resize rule and the image decoding without it.
+(``onnx_runtime.py``) uses the image decoding and the Pillow resize without it.
+The resize rule itself (``ResizeSpec``) is in detr_ft/types.py.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,99 +18,12 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from detr_ft.errors import UserError
+from detr_ft.types import ResizeSpec
 
 if TYPE_CHECKING:  # torch is imported where pixels become tensors: `data check` and `data convert` read
     import torch   # sizes and decode images without it
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-UNNORMALISED = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # (mean, std) of a processor with do_normalize False
 ORIENTATION_TAG = 0x0112  # EXIF orientation
-
-
-MIN_IMAGE_SIDE = 32  # the smallest resize detr-ft accepts (a DETR backbone downsamples 32x)
-
-
-def resize_output_size(height: int, width: int, shortest: int, longest: int) -> tuple[int, int]:
-    """(height, width) after resizing the short side to ``shortest`` with the long side at most
-    ``longest``: transformers' ``get_size_with_aspect_ratio`` (what DETR's image processor and
-    ``pipeline()`` use; the same in transformers 4.57 and 5), the long side then capped at
-    ``longest``. The cap matters only where transformers keeps an image as it is because its short
-    side already equals the (capped, rounded) target while its long side exceeds ``longest`` by
-    up to 5 % (10 x 200 with 128/192 stays 10 x 200 there; here 10 x 192)."""
-    short, long = float(min(height, width)), float(max(height, width))
-    size, raw = shortest, None
-    if long / short * size > longest:
-        raw = longest * short / long
-        size = int(round(raw))
-    if (height <= width and height == size) or (width <= height and width == size):
-        oh, ow = height, width
-    elif width < height:
-        oh, ow = int((raw if raw is not None else size) * height / width), size
-    else:
-        oh, ow = size, int((raw if raw is not None else size) * width / height)
-    return (min(oh, longest), ow) if oh > ow else (oh, min(ow, longest))
-
-
-@dataclass(frozen=True)
-class ResizeSpec:
-    """The model's resize rule: short side to ``shortest``, long side at most ``longest``; or,
-    with ``fixed`` (height, width), every image to that size, aspect ratio not kept (the RT-DETR
-    line's processors; then ``shortest``/``longest`` are its short and long side).
-
-    Pixels are divided by 255, then normalised with ``mean``/``std`` (``UNNORMALISED``: none).
-    """
-
-    shortest: int
-    longest: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    fixed: tuple[int, int] | None = None
-
-    @classmethod
-    def fixed_size(cls, height: int, width: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> "ResizeSpec":
-        """Every image to ``height`` x ``width`` (a static canvas)."""
-        return cls(min(height, width), max(height, width), tuple(mean), tuple(std), fixed=(int(height), int(width)))
-
-    @property
-    def normalised(self) -> bool:
-        """False where pixels are only divided by 255 (mean 0, std 1)."""
-        return (tuple(self.mean), tuple(self.std)) != UNNORMALISED
-
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """(height, width) after resizing: transformers' rule, never above ``longest`` (``fixed``: that size)."""
-        if self.fixed is not None:
-            return tuple(self.fixed)
-        return resize_output_size(height, width, self.shortest, self.longest)
-
-    def with_image_size(self, image_size) -> "ResizeSpec":
-        """This rule at ``--image-size SHORT [LONG]`` (None: unchanged); LONG defaults to SHORT times
-        this rule's long/short ratio. Bad sizes raise ``UserError``."""
-        if not image_size:
-            return self
-        sizes = [int(v) for v in image_size]
-        if len(sizes) not in (1, 2) or min(sizes) < MIN_IMAGE_SIDE or (len(sizes) == 2 and sizes[1] < sizes[0]):
-            raise UserError(f"--image-size takes SHORT [LONG], each at least {MIN_IMAGE_SIDE} px and LONG >= SHORT "
-                            f"(got {' '.join(map(str, image_size))})")
-        short = sizes[0]
-        long = sizes[1] if len(sizes) == 2 else int(round(short * self.longest / self.shortest))
-        if self.fixed is not None:  # a fixed-size rule stays fixed, in its own orientation
-            fixed = (short, long) if self.fixed[0] <= self.fixed[1] else (long, short)
-            return replace(self, shortest=short, longest=long, fixed=fixed)
-        return replace(self, shortest=short, longest=long)
-
-    @property
-    def max_canvas(self) -> tuple[int, int]:
-        """The largest (height, width) the resize can produce: a longest x longest square (``fixed``: that size)."""
-        return tuple(self.fixed) if self.fixed is not None else (self.longest, self.longest)
-
-    @property
-    def orientation_canvases(self) -> list[tuple[int, int]]:
-        """A landscape and a portrait canvas (short x long, long x short) that every resized
-        image fits, the one of its orientation (``--pad-canvases auto``); ``fixed``: that size alone."""
-        if self.fixed is not None:
-            return [tuple(self.fixed)]
-        return [(self.shortest, self.longest), (self.longest, self.shortest)]
 
 
 def load_image(path: Path) -> Image.Image:

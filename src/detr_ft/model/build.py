@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from detr_ft.data.transforms import UNNORMALISED, ResizeSpec
 from detr_ft.errors import UserError, first_line
 from detr_ft.model.families import FAMILIES, family_named, family_of_preset
+from detr_ft.types import UNNORMALISED, ResizeSpec
 
 # Revision of facebook/detr-resnet-50 whose backbone is a transformers ResNet, so timm is not needed.
 NO_TIMM_REVISION = {"facebook/detr-resnet-50": "no_timm", "facebook/detr-resnet-101": "no_timm"}

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.image_transforms import center_to_corners_format
 
-from detr_ft.data.batching import PAD_BOX
 from detr_ft.model.box_ops import generalized_box_iou
 from detr_ft.model.matcher import FocalHungarianMatcher, HungarianMatcher
 from detr_ft.model.families import family_of
+from detr_ft.types import PAD_BOX
 
 LayerOutput = tuple[Tensor, Tensor] | Mapping[str, Tensor]
 

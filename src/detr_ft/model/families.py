@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from detr_ft.data.transforms import ResizeSpec
 from detr_ft.errors import UserError
 from detr_ft.model import outputs, presets
+from detr_ft.types import ResizeSpec
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from detr_ft.data.coco import Categories
-
-# Detections kept per image by the sigmoid families' top-k: transformers' Conditional DETR default,
+from detr_ft.types import Categories
 # and the most COCO evaluation counts (RT-DETR's processor keeps num_queries; with up to 100
 # queries those are the top of these).
 SIGMOID_TOP_K = 100
