@@ -60,8 +60,8 @@ def test_object_padding_changes_nothing_end_to_end(synthetic_dir):
     module = DetrModule(bundle, index.categories, OptimConfig()).eval()
     ds = DetectionDataset(index, bundle.resize)
     samples = [ds[i] for i in range(4)]
-    tight = Collator(bundle.resize.mean, bundle.resize.std)(samples).ready("cpu")
-    padded = Collator(bundle.resize.mean, bundle.resize.std, buckets=[12])(samples).ready("cpu")
+    tight = Collator(bundle.resize.mean, bundle.resize.std)(samples).to_device_normalised("cpu")
+    padded = Collator(bundle.resize.mean, bundle.resize.std, buckets=[12])(samples).to_device_normalised("cpu")
     assert padded.labels.shape[1] == 12 > tight.labels.shape[1]
     a, b = module.compute_loss(tight), module.compute_loss(padded)
     for k in ("loss", "loss_ce", "loss_bbox", "loss_giou"):

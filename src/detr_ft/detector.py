@@ -116,7 +116,7 @@ class Detector:
         """Detections at a score ``threshold``, or "auto": each class's own (``self.thresholds``)."""
         per_class = self.class_thresholds() if threshold == "auto" else None
         # per class: score >= its threshold (a threshold is a detection's score), so none dropped before
-        dets = self.detect_batch(self.collator(samples).ready(self.device, non_blocking=True),
+        dets = self.detect_batch(self.collator(samples).to_device_normalised(self.device, non_blocking=True),
                                  0.0 if per_class else threshold)
         return [keep_above(d, per_class) for d in dets] if per_class else dets
 
@@ -129,7 +129,8 @@ class Detector:
 
     @torch.inference_mode()
     def detect_batch(self, batch: Batch, threshold: float = 0.0) -> list[Detections]:
-        """Detections above ``threshold`` for a batch on the device, normalised (``Batch.ready``)."""
+        """Detections above ``threshold`` for a batch on the device, normalised
+        (``Batch.to_device_normalised``)."""
         with bf16_autocast(self.device, self.autocast):
             out = detection_outputs(self.model, batch.pixel_values, batch.pixel_mask, with_aux=False)
         return postprocess(out.logits, out.boxes, batch.orig_sizes, self.categories, threshold,

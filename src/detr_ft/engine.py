@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from detr_ft.data.batching import Batch, Collator, ready_from_loader
+from detr_ft.data.batching import Batch, Collator, to_device_normalised_from_loader
 from detr_ft.data.augment import AugmentSpec
 from detr_ft.data.coco import Categories, CocoIndex
 from detr_ft.data.dataset import DetectionDataset
@@ -208,7 +208,7 @@ class DetectionData(L.LightningDataModule):
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int = 0):
         if not isinstance(batch, Batch):
             return super().transfer_batch_to_device(batch, device, dataloader_idx)
-        return ready_from_loader(batch, device, self.num_workers)
+        return to_device_normalised_from_loader(batch, device, self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         drop_last = self.drop_last and len(self.train_set) >= self.batch_size

@@ -26,7 +26,8 @@ class Batch:
     """A batch of B images padded to H x W, and their objects padded to T.
 
     pixel_values: [B, 3, H, W]; as collated, uint8 pixels, 0 where padded;
-                  after ``ready()``, float, normalised, 0 where padded: what the model takes.
+                  after ``to_device_normalised()``, float, normalised, 0 where padded: what
+                  the model takes.
     pixel_mask:   [B, H, W] bool, True on real pixels, False on padding.
     labels:       [B, T] long, contiguous class index in [0, num_classes).
     boxes:        [B, T, 4] float, (cx, cy, w, h) normalised by the real
@@ -34,7 +35,7 @@ class Batch:
     valid:        [B, T] bool, True for real objects, False for padding.
     image_ids:    [B] long, the dataset's image ids.
     orig_sizes:   [B, 2] long, (height, width) of the original image.
-    norm:         [2, 3] float, the (mean, std) x 255 that ``ready()`` normalises uint8
+    norm:         [2, 3] float, the (mean, std) x 255 that ``to_device_normalised()`` normalises uint8
                   pixels with; None once they are normalised.
     """
 
@@ -57,7 +58,7 @@ class Batch:
     def pin_memory(self) -> "Batch":
         return self._map(torch.Tensor.pin_memory)
 
-    def ready(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+    def to_device_normalised(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         """The batch on ``device`` with normalised float pixels. The uint8 pixels travel (a
         quarter of float32's bytes, from loader workers and to an accelerator) and are
         normalised where they arrive."""
@@ -87,13 +88,13 @@ class Batch:
         ]
 
 
-def ready_from_loader(batch: Batch, device: torch.device, num_workers: int) -> Batch:
-    """``batch.ready(device)`` for a batch from a DataLoader with ``num_workers`` workers. On the
-    CPU while workers decode on the same cores, one thread normalises: two spent 3x the CPU
-    time, mostly at OpenMP barriers waiting for a thread a worker had descheduled
+def to_device_normalised_from_loader(batch: Batch, device: torch.device, num_workers: int) -> Batch:
+    """``batch.to_device_normalised(device)`` for a batch from a DataLoader with ``num_workers``
+    workers. On the CPU while workers decode on the same cores, one thread normalises: two spent
+    3x the CPU time, mostly at OpenMP barriers waiting for a thread a worker had descheduled
     (benchmarks/README.md). On CUDA the copy does not block (the loader pins its batches)."""
     with one_cpu_thread(device.type == "cpu" and num_workers > 0):
-        return batch.ready(device, non_blocking=device.type == "cuda")
+        return batch.to_device_normalised(device, non_blocking=device.type == "cuda")
 
 
 # Tensors up to this size leave a loader worker by value (pickled bytes), larger ones through

@@ -196,7 +196,7 @@ def image_tensor(image: Image.Image, size: tuple[int, int] | None = None, fast: 
     eval, predict and an export's ``pipeline()`` see the same image). ``fast``: torch's antialiased
     bilinear kernel on uint8, up to 2 grey levels from Pillow's and 2-3x faster (upsampling most):
     for training, where augmentation changes the pixels far more. Normalisation happens once per
-    batch, in ``Batch.ready``.
+    batch, in ``Batch.to_device_normalised``.
     """
     import torch
 
