@@ -212,7 +212,7 @@ def image_tensor(image: Image.Image, size: tuple[int, int] | None = None, fast: 
                                            align_corners=False)[0]
 
 
-def hflip(image: torch.Tensor, boxes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+def flip_horizontally(image: torch.Tensor, boxes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
     """Mirror a [3, H, W] image; boxes are normalised (cx, cy, w, h)."""
     boxes = boxes.copy()
     boxes[:, 0] = 1.0 - boxes[:, 0]
