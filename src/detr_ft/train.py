@@ -67,7 +67,7 @@ def newest_checkpoint(out_dir: Path) -> Path | None:
     return max(ckpts, key=lambda p: p.stat().st_mtime) if ckpts else None
 
 
-def canvases_for(cfg: TrainConfig, resize) -> list[tuple[int, int]] | None:
+def training_canvases(cfg: TrainConfig, resize) -> list[tuple[int, int]] | None:
     """The fixed canvases of --pad: one square (or --pad-size), or with --pad-canvases auto
     a landscape and a portrait one (short x long, long x short), which every resized image fits.
     ``resize`` is the augmentation's envelope (``AugmentSpec.envelope``): the largest scale."""
@@ -176,7 +176,7 @@ def _fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...]):
     buckets = compute_buckets(counts, cfg.num_buckets)
     if buckets and val_index is not None and len(val_index):
         buckets[-1] = max(buckets[-1], int(val_index.object_counts().max()))
-    canvases = canvases_for(cfg, envelope)
+    canvases = training_canvases(cfg, envelope)
     if buckets:
         print(f"object buckets: {buckets}")
     resized = [bundle.resize.output_size(r.height, r.width) for r in train_index.records]

@@ -135,7 +135,9 @@ class Collator:
         self.buckets = list(buckets or [])
         self.fill_to = fill_to
 
-    def canvas_for(self, sizes: list[tuple[int, int]]) -> tuple[int, int]:
+    def smallest_canvas_holding(self, sizes: list[tuple[int, int]]) -> tuple[int, int]:
+        """The (H, W) a batch of images of these sizes is padded to: the first (smallest) canvas
+        that holds them all, or without canvases their largest height and width."""
         max_h = max(h for h, _ in sizes)
         max_w = max(w for _, w in sizes)
         if self.canvases is None:
@@ -147,7 +149,7 @@ class Collator:
 
     def __call__(self, samples) -> Batch:
         b = max(len(samples), self.fill_to or 0)
-        H, W = self.canvas_for([tuple(s.image.shape[1:]) for s in samples])
+        H, W = self.smallest_canvas_holding([tuple(s.image.shape[1:]) for s in samples])
         max_count = max(len(s.labels) for s in samples)
         T = bucket_size(max_count, self.buckets) if self.buckets else max(max_count, 1)
         # uint8 pixels and a bool mask, 4 bytes a pixel to hand over instead of float32 + int64's 20,
