@@ -24,7 +24,7 @@ from PIL import Image
 from detr_ft.data.batching import Batch, Collator
 from detr_ft.data.coco import Categories
 from detr_ft.data.dataset import Sample
-from detr_ft.data.sampling import batches_by_shape
+from detr_ft.data.sampling import aspect_sorted_batches
 from detr_ft.data.transforms import ResizeSpec, resized_tensor, to_rgb
 from detr_ft.devices import bf16_autocast, inference_device
 from detr_ft.errors import UserError
@@ -152,7 +152,7 @@ class Detector:
         # Batches of like shape (a landscape and a portrait image would pad each other to a
         # square); the results go back in the order given.
         results: list = [None] * len(images)
-        for ids in batches_by_shape([aspect_ratio(im) for im in images], batch_size):
+        for ids in aspect_sorted_batches([aspect_ratio(im) for im in images], batch_size):
             chunk = [as_image(images[i]) for i in ids]
             for i, dets in zip(ids, self.detect_samples([self.sample(im) for im in chunk], threshold)):
                 results[i] = detection_dicts(dets, self.categories)

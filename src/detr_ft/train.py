@@ -192,7 +192,7 @@ def _fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...]):
     data = DetectionData(train_index, val_index, bundle.resize, cfg.batch_size,
                          0 if cfg.deterministic else cfg.num_workers, collator, val_collator, seed=cfg.seed,
                          shuffle=True, drop_last=cfg.pad, pin_memory=torch.cuda.is_available(), augment=augment,
-                         shape_batches=not canvases or len(canvases) > 1)  # not when one canvas fits all
+                         shape_sampler=not canvases or len(canvases) > 1)  # not when one canvas fits all
     if canvases:
         pad_fraction = padded_pixel_fraction(resized, canvases)
         print(f"canvases: {canvases}; padded pixels: {pad_fraction:.1%}")

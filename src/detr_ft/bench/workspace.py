@@ -94,7 +94,7 @@ class Workspace:
         collator = Collator(self.resize.mean, self.resize.std, canvases=self.auto_canvases, buckets=self.buckets[0])
         data = DetectionData(self.index, None, self.resize, self.cfg.batch_size, workers, collator,
                              seed=self.cfg.seed, shuffle=True, drop_last=drop_last,
-                             pin_memory=torch.cuda.is_available(), shape_batches=True, augment=self.augment)
+                             pin_memory=torch.cuda.is_available(), shape_sampler=True, augment=self.augment)
         return data
 
     def stock_loader(self, workers: int, drop_last: bool) -> DataLoader:
