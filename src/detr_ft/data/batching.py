@@ -75,9 +75,9 @@ class Batch:
     def __reduce__(self):
         """Pickling (a loader worker handing the batch to the main process): the small fields
         travel by value. PyTorch hands every CPU tensor over through its own shared-memory
-        segment, a file descriptor passed over a fresh socket connection: about 0.5 ms per
-        tensor on a 2-core machine, whatever its size — more than copying a few kB. The
-        canvases (made in shared memory) still go that way."""
+        segment, a file descriptor passed over a fresh socket connection, at a fixed cost
+        larger than copying a few kB (benchmarks/README.md). The canvases (made in shared
+        memory) still go that way."""
         return _rebuild_batch, tuple(_by_value(getattr(self, f.name)) for f in fields(self))
 
     def targets(self) -> list[dict[str, torch.Tensor]]:
@@ -90,9 +90,9 @@ class Batch:
 
 def to_device_normalised_from_loader(batch: Batch, device: torch.device, num_workers: int) -> Batch:
     """``batch.to_device_normalised(device)`` for a batch from a DataLoader with ``num_workers``
-    workers. On the CPU while workers decode on the same cores, one thread normalises: two spent
-    3x the CPU time, mostly at OpenMP barriers waiting for a thread a worker had descheduled
-    (benchmarks/README.md). On CUDA the copy does not block (the loader pins its batches)."""
+    workers. On the CPU while workers decode on the same cores, one thread normalises: more
+    threads wait at OpenMP barriers for a thread a worker has descheduled (benchmarks/README.md).
+    On CUDA the copy does not block (the loader pins its batches)."""
     with one_cpu_thread(device.type == "cpu" and num_workers > 0):
         return batch.to_device_normalised(device, non_blocking=device.type == "cuda")
 

@@ -10,10 +10,9 @@ it must exist inside the images folder (no link out of it), be a format Pillow
 recognises from its header, and be complete (PNG: every chunk's CRC up to
 IEND; JPEG: an end-of-image marker after the image data; other formats: a full
 decode). Nothing is decoded for PNG and JPEG, so the check costs about the time
-to read each file once: measured on a 2-core machine under load, 1.1 s for
-1,000 JPEGs of 0.5 MB and 2.2 s for 1,000 PNGs of 3.5 MB (1440x1080, from the
-page cache) -- a full decode would take 10-35 ms per image. Pixel data that is
-damaged inside a complete file is caught when the image is first decoded.
+to read each file once (benchmarks/README.md, "Measurements behind the code").
+Pixel data that is damaged inside a complete file is caught when the image is
+first decoded.
 """
 
 from __future__ import annotations

@@ -91,9 +91,8 @@ class ShapeBatchSampler(Sampler):
     or to the canvas of its orientation (``--pad-canvases auto``).
 
     ``aspects[i]`` is image i's height / width (from the JSON sizes; no image decoded). A full
-    batch never mixes a landscape and a portrait image, which would pad each other to a square: of
-    240 synthetic images in batches of 8, 41 % of the pixels of shuffled batches are padding, 18 %
-    of these. Shuffled (training), each epoch: shuffle within each orientation, cut into
+    batch never mixes a landscape and a portrait image, which would pad each other to a square
+    (benchmarks/README.md). Shuffled (training), each epoch: shuffle within each orientation, cut into
     batches, shuffle the batches; ``merge_short``: the orientations' short last batches
     merged where they fit one (``single_orientation_batches``). Not shuffled (validation): sorted
     by aspect ratio (``aspect_sorted_batches``), the least padding. Batches are sharded by rank.
