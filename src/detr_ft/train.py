@@ -17,6 +17,7 @@ from detr_ft.averaging import EMA
 from detr_ft.checkpoint import load_checkpoint, model_from_checkpoint
 from detr_ft.config import TrainConfig
 from detr_ft.data.batching import Collator, batch_padding_fraction, compute_buckets, padded_pixel_fraction
+from detr_ft.data.padding import pad_canvases
 from detr_ft.data.hf_dataset import read_split
 from detr_ft.engine import DetectionData, DetrModule, NonFiniteLossError, OptimConfig, Throughput
 from detr_ft.devices import device_type, process_settings_restored, say_if_slow_bf16, trainer_device
@@ -68,16 +69,9 @@ def newest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def training_canvases(cfg: TrainConfig, resize) -> list[tuple[int, int]] | None:
-    """The fixed canvases of --pad: one square (or --pad-size), or with --pad-canvases auto
-    a landscape and a portrait one (short x long, long x short), which every resized image fits.
-    ``resize`` is the augmentation's envelope (``AugmentSpec.envelope``): the largest scale."""
-    if not cfg.pad:
-        return None
-    if cfg.pad_canvases == "auto":
-        return resize.orientation_canvases
-    if cfg.pad_size:
-        return [(int(cfg.pad_size[0]), int(cfg.pad_size[1]))]
-    return [resize.max_canvas]
+    """The run's fixed canvases (``padding.pad_canvases``), None without --pad. ``resize`` is the
+    augmentation's envelope (``AugmentSpec.envelope``): the largest scale."""
+    return pad_canvases(resize, cfg.pad_canvases, cfg.pad_size) if cfg.pad else None
 
 
 def largest_sizes(records, envelope, geometric: bool) -> list[tuple[int, int]]:
@@ -267,7 +261,7 @@ def _fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...]):
         "resize": [bundle.resize.shortest, bundle.resize.longest],
         "augment": dataclasses.asdict(augment),  # the preset with the knobs given, as trained
         "padded_pixel_fraction": round(pad_fraction, 4),
-        "padded_pixel_fraction_square": round(padded_pixel_fraction(resized, [bundle.resize.max_canvas]), 4)
+        "padded_pixel_fraction_square": round(padded_pixel_fraction(resized, pad_canvases(bundle.resize)), 4)
         if canvases else None,
         "recompiles": compilations(module.model.model) if cfg.compile else None,
         "model": cfg.model if not cfg.use_ckpt else cfg.ckpt_path,
