@@ -116,9 +116,13 @@ class Detector:
         """Detections at a score ``threshold``, or "auto": each class's own (``self.thresholds``)."""
         per_class = self.class_thresholds() if threshold == "auto" else None
         # per class: score >= its threshold (a threshold is a detection's score), so none dropped before
-        dets = self.detect_batch(self.collator(samples).to_device_normalised(self.device, non_blocking=True),
-                                 0.0 if per_class else threshold)
+        dets = self.detect_batch(self.batch_on_device(samples), 0.0 if per_class else threshold)
         return [keep_above(d, per_class) for d in dets] if per_class else dets
+
+    def batch_on_device(self, samples: list[Sample]) -> Batch:
+        """The samples collated (on the canvas, if any) and on the device, normalised: what
+        ``detect_batch`` takes."""
+        return self.collator(samples).to_device_normalised(self.device, non_blocking=True)
 
     def class_thresholds(self) -> list[float]:
         """The score threshold of each class in label order; where there are none, a ``UserError``
