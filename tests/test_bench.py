@@ -245,7 +245,7 @@ def test_flop_rate_script_reports_the_forward_and_a_matrix_product():
 
 def test_collator_hands_over_uint8_and_ready_normalises_exactly(monkeypatch):
     """The collate's canvas holds the uint8 pixels and zero padding, every element written (its
-    memory starts as garbage here), blank images included; ``ready()`` gives bit-for-bit
+    memory starts as garbage here), blank images included; ``to_device_normalised()`` gives bit-for-bit
     ``(x - mean) / std`` with zero padding, as the image processor's normalise-then-pad does."""
     from detr_ft.data import batching
     from detr_ft.data.batching import Collator
@@ -261,8 +261,8 @@ def test_collator_hands_over_uint8_and_ready_normalises_exactly(monkeypatch):
     c = Collator((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), canvases=[(40, 40)], fill_to=4)
     raw = c(samples)
     assert raw.pixel_values.dtype == torch.uint8 and raw.pixel_mask.dtype == torch.bool
-    batch = raw.ready("cpu")
-    assert batch.norm is None and batch.ready("cpu").pixel_values is batch.pixel_values  # normalised once
+    batch = raw.to_device_normalised("cpu")
+    assert batch.norm is None and batch.to_device_normalised("cpu").pixel_values is batch.pixel_values  # normalised once
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1) * 255
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) * 255
     for i, s in enumerate(samples):
@@ -327,7 +327,7 @@ def test_batch_pickles_whole_before_and_after_ready():
     from dataclasses import fields
 
     collate, samples = _collate_samples()
-    for batch in (collate(samples), collate(samples).ready("cpu")):
+    for batch in (collate(samples), collate(samples).to_device_normalised("cpu")):
         back = pickle.loads(pickle.dumps(batch))
         for f in fields(batch):
             a, b = getattr(batch, f.name), getattr(back, f.name)
@@ -336,23 +336,23 @@ def test_batch_pickles_whole_before_and_after_ready():
 
 @pytest.mark.parametrize("workers, device, threads_inside", [(2, "cpu", 1), (0, "cpu", 2), (2, "cuda", 2)])
 def test_cpu_batches_from_workers_are_normalised_on_one_thread(workers, device, threads_inside, monkeypatch):
-    """``ready_from_loader``: while loader workers keep the CPU's cores busy, the main process
+    """``to_device_normalised_from_loader``: while loader workers keep the CPU's cores busy, the main process
     normalises a batch with one intra-op thread, then has its threads back; the batch is the
-    same as ``ready()``'s. Without workers, or for another device, nothing changes."""
-    from detr_ft.data.batching import Batch, ready_from_loader
+    same as ``to_device_normalised()``'s. Without workers, or for another device, nothing changes."""
+    from detr_ft.data.batching import Batch, to_device_normalised_from_loader
 
     collate, samples = _collate_samples()
-    seen, plain_ready = [], Batch.ready
+    seen, plain_ready = [], Batch.to_device_normalised
 
     def ready(batch, dev, non_blocking=False):  # on the CPU whatever the device asked (none here)
         seen.append(torch.get_num_threads())
         return plain_ready(batch, "cpu")
 
-    monkeypatch.setattr(Batch, "ready", ready)
+    monkeypatch.setattr(Batch, "to_device_normalised", ready)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        out = ready_from_loader(collate(samples), torch.device(device), workers)
+        out = to_device_normalised_from_loader(collate(samples), torch.device(device), workers)
         assert seen == [threads_inside] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
@@ -363,10 +363,11 @@ def test_cpu_batches_from_workers_are_normalised_on_one_thread(workers, device, 
 def test_training_and_eval_hand_batches_over_with_their_worker_count(varied_model, synthetic_dir, tmp_path,
                                                                      monkeypatch):
     """Training's hook (``DetectionData.transfer_batch_to_device``) and ``detr-ft eval`` (here
-    ``--num-workers 1``: the same detections, query by query, as without) both go through ``ready_from_loader``."""
+    ``--num-workers 1``: the same detections, query by query, as without) both go through
+    ``to_device_normalised_from_loader``."""
     from detr_ft import engine, evaluate
     from detr_ft.cli import main
-    from detr_ft.data.batching import ready_from_loader
+    from detr_ft.data.batching import to_device_normalised_from_loader
     from detr_ft.data.coco import load_index
     from detr_ft.types import ResizeSpec
 
@@ -374,10 +375,10 @@ def test_training_and_eval_hand_batches_over_with_their_worker_count(varied_mode
 
     def spy(batch, device, num_workers):
         calls.append((device.type, num_workers))
-        return ready_from_loader(batch, device, num_workers)
+        return to_device_normalised_from_loader(batch, device, num_workers)
 
-    monkeypatch.setattr(engine, "ready_from_loader", spy)
-    monkeypatch.setattr(evaluate, "ready_from_loader", spy)
+    monkeypatch.setattr(engine, "to_device_normalised_from_loader", spy)
+    monkeypatch.setattr(evaluate, "to_device_normalised_from_loader", spy)
     collate, samples = _collate_samples()
     data = engine.DetectionData(load_index(synthetic_dir, "train"), None, ResizeSpec(64, 64), 2, 3, collate)
     assert data.transfer_batch_to_device(collate(samples), torch.device("cpu"), 0).norm is None

@@ -302,7 +302,7 @@ def test_detr_forward_with_auxiliary_heads_matches_transformers_loss(varied_mode
     model, resize, categories, family = model_from_checkpoint(varied_model.ckpt)
     index = load_index(synthetic_dir, "train")
     dataset = DetectionDataset(index, resize, train=False)
-    batch = Collator(resize.mean, resize.std)([dataset[i] for i in range(4)]).ready("cpu")
+    batch = Collator(resize.mean, resize.std)([dataset[i] for i in range(4)]).to_device_normalised("cpu")
     assert not batch.pixel_mask.all() and batch.valid.sum() > 4  # padded pixels and several objects
     module = DetrModule(ModelBundle(model, resize, family, pretrained=False), categories, OptimConfig())
     targets = [{"class_labels": batch.labels[i][batch.valid[i]], "boxes": batch.boxes[i][batch.valid[i]]}

@@ -190,7 +190,7 @@ def test_detector_matches_transformers_post_processing_of_the_same_pixels(family
     for name, path in varied_model.images.items():
         ours = detector.predict(path, threshold=0.0)
         image = Image.open(path).convert("RGB")
-        batch = detector.collator([detector.sample(image)]).ready("cpu")
+        batch = detector.collator([detector.sample(image)]).to_device_normalised("cpu")
         with torch.no_grad():
             outputs = model(pixel_values=batch.pixel_values, pixel_mask=batch.pixel_mask.long())
         found = processor.post_process_object_detection(outputs, threshold=0.0,

@@ -162,7 +162,7 @@ def test_export_writes_the_thresholds_beside_the_checkpoint_into_both_formats(tm
 
 def test_runtime_preprocessing_gives_the_checkpoints_pixels(exported, images):
     """The runtime's PIL + NumPy sample and canvas batch are the torch path's ``Collator`` +
-    ``Batch.ready`` to float rounding (normalised pixels, padding, mask)."""
+    ``Batch.to_device_normalised`` to float rounding (normalised pixels, padding, mask)."""
     from detr_ft.detector import Detector
 
     preset, ckpt, onnx_path = exported
@@ -170,7 +170,7 @@ def test_runtime_preprocessing_gives_the_checkpoints_pixels(exported, images):
     reference.use_canvas(reference.resize.max_canvas)
     runtime = Detector.load(onnx_path, device="cpu")
     pixels, mask = runtime.canvas_batch([runtime.sample(im) for im in images])
-    batch = reference.collator([reference.sample(im) for im in images]).ready(torch.device("cpu"))
+    batch = reference.collator([reference.sample(im) for im in images]).to_device_normalised(torch.device("cpu"))
     assert np.array_equal(mask, batch.pixel_mask.numpy().astype(np.int64))
     assert np.abs(pixels - batch.pixel_values.numpy()).max() < 1e-5
 

@@ -56,7 +56,7 @@ def test_checkpoint_reload_gives_identical_weights_and_predictions(synthetic_dir
     detector = Detector.load(tmp_path / "last.ckpt", device="cpu")
     index = load_index(synthetic_dir, "test", categories=detector.categories)
     samples = [DetectionDataset(index, detector.resize)[i] for i in range(4)]
-    batch = Collator(detector.resize.mean, detector.resize.std)(samples).ready("cpu")
+    batch = Collator(detector.resize.mean, detector.resize.std)(samples).to_device_normalised("cpu")
     module.model.eval()
     with torch.no_grad():
         before = detection_outputs(module.model, batch.pixel_values, batch.pixel_mask, with_aux=False)

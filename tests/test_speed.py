@@ -35,7 +35,7 @@ AUTOCAST_LABELS_FROM = 0.5 + AUTOCAST_SCORE_TOL
 
 def _batch(index, resize, n=3, train=False):
     ds = DetectionDataset(index, resize, train=train)
-    return Collator(resize.mean, resize.std)([ds[i] for i in range(n)]).ready("cpu")
+    return Collator(resize.mean, resize.std)([ds[i] for i in range(n)]).to_device_normalised("cpu")
 
 
 def _norms(model) -> int:

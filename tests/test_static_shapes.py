@@ -14,7 +14,7 @@ from detr_ft.data.batching import (Collator, batch_padding_fraction, bucket_size
                                   padded_pixel_fraction)
 from detr_ft.data.coco import load_index
 from detr_ft.data.dataset import DetectionDataset
-from detr_ft.data.sampling import EpochSampler, ShapeBatchSampler, _shard, batches_by_shape
+from detr_ft.data.sampling import EpochSampler, ShapeBatchSampler, _shard, aspect_sorted_batches
 from detr_ft.engine import DetrModule, OptimConfig
 from detr_ft.model.build import PRESETS, build_model
 from detr_ft.types import ResizeSpec
@@ -60,8 +60,8 @@ def test_object_padding_changes_nothing_end_to_end(synthetic_dir):
     module = DetrModule(bundle, index.categories, OptimConfig()).eval()
     ds = DetectionDataset(index, bundle.resize)
     samples = [ds[i] for i in range(4)]
-    tight = Collator(bundle.resize.mean, bundle.resize.std)(samples).ready("cpu")
-    padded = Collator(bundle.resize.mean, bundle.resize.std, buckets=[12])(samples).ready("cpu")
+    tight = Collator(bundle.resize.mean, bundle.resize.std)(samples).to_device_normalised("cpu")
+    padded = Collator(bundle.resize.mean, bundle.resize.std, buckets=[12])(samples).to_device_normalised("cpu")
     assert padded.labels.shape[1] == 12 > tight.labels.shape[1]
     a, b = module.compute_loss(tight), module.compute_loss(padded)
     for k in ("loss", "loss_ce", "loss_bbox", "loss_giou"):
@@ -94,7 +94,7 @@ def test_shape_batches_cover_everything_once_and_never_mix_orientations():
     order = [i for b in fixed for i, _ in b]
     assert order == sorted(range(23), key=aspects.__getitem__)
     assert all(len({aspects[i] > 1 for i, _ in b}) == 1 for b in fixed)
-    assert batches_by_shape(aspects, 4) == [[i for i, _ in b] for b in fixed]
+    assert aspect_sorted_batches(aspects, 4) == [[i for i, _ in b] for b in fixed]
     # merge_short: 9 landscape and 7 portrait images leave short batches of 1 and 3, which make one
     # mixed batch: the epoch has 16 / 4 batches, as without grouping
     nine_seven = [0.5] * 9 + [2.0] * 7

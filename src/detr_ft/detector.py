@@ -23,7 +23,7 @@ from PIL import Image
 
 from detr_ft.data.batching import Batch, Collator
 from detr_ft.data.dataset import Sample
-from detr_ft.data.sampling import batches_by_shape
+from detr_ft.data.sampling import aspect_sorted_batches
 from detr_ft.data.transforms import resized_tensor, to_rgb
 from detr_ft.devices import bf16_autocast, inference_device
 from detr_ft.errors import UserError
@@ -116,9 +116,13 @@ class Detector:
         """Detections at a score ``threshold``, or "auto": each class's own (``self.thresholds``)."""
         per_class = self.class_thresholds() if threshold == "auto" else None
         # per class: score >= its threshold (a threshold is a detection's score), so none dropped before
-        dets = self.detect_batch(self.collator(samples).ready(self.device, non_blocking=True),
-                                 0.0 if per_class else threshold)
+        dets = self.detect_batch(self.batch_on_device(samples), 0.0 if per_class else threshold)
         return [keep_above(d, per_class) for d in dets] if per_class else dets
+
+    def batch_on_device(self, samples: list[Sample]) -> Batch:
+        """The samples collated (on the canvas, if any) and on the device, normalised: what
+        ``detect_batch`` takes."""
+        return self.collator(samples).to_device_normalised(self.device, non_blocking=True)
 
     def class_thresholds(self) -> list[float]:
         """The score threshold of each class in label order; where there are none, a ``UserError``
@@ -129,7 +133,8 @@ class Detector:
 
     @torch.inference_mode()
     def detect_batch(self, batch: Batch, threshold: float = 0.0) -> list[Detections]:
-        """Detections above ``threshold`` for a batch on the device, normalised (``Batch.ready``)."""
+        """Detections above ``threshold`` for a batch on the device, normalised
+        (``Batch.to_device_normalised``)."""
         with bf16_autocast(self.device, self.autocast):
             out = detection_outputs(self.model, batch.pixel_values, batch.pixel_mask, with_aux=False)
         return postprocess(out.logits, out.boxes, batch.orig_sizes, self.categories, threshold,
@@ -151,7 +156,7 @@ class Detector:
         # Batches of like shape (a landscape and a portrait image would pad each other to a
         # square); the results go back in the order given.
         results: list = [None] * len(images)
-        for ids in batches_by_shape([aspect_ratio(im) for im in images], batch_size):
+        for ids in aspect_sorted_batches([aspect_ratio(im) for im in images], batch_size):
             chunk = [as_image(images[i]) for i in ids]
             for i, dets in zip(ids, self.detect_samples([self.sample(im) for im in chunk], threshold)):
                 results[i] = detection_dicts(dets, self.categories)

@@ -75,8 +75,8 @@ def inference_device(device: str = "auto") -> torch.device:
 
 def slow_bf16_note(device: str | torch.device) -> str | None:
     """A note for ``--autocast`` on a CPU without bf16 instructions (AVX-512 BF16 or AMX): oneDNN
-    then emulates bf16, slower than float32 (DETR-R50 forward, measured with oneDNN held to
-    AVX-512: 2.3x slower; to AVX2: 5.3x). None elsewhere, or where torch cannot tell."""
+    then emulates bf16, slower than float32 (benchmarks/README.md). None elsewhere, or where
+    torch cannot tell."""
     if torch.device(device).type != "cpu":
         return None
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from detr_ft.data.batching import Batch, Collator, ready_from_loader
+from detr_ft.data.batching import Batch, Collator, to_device_normalised_from_loader
 from detr_ft.data.augment import AugmentSpec
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.data.sampling import EpochSampler, ShapeBatchSampler
@@ -170,7 +170,7 @@ class DetectionData(L.LightningDataModule):
     """Train and validation loaders over COCO indexes, producing ``Batch``es.
 
     ``augment``: the training augmentation (default: a flip with probability ``hflip``).
-    ``shape_batches``: batches of images of like shape (``ShapeBatchSampler``; for
+    ``shape_sampler``: draw batches of images of like shape (``ShapeBatchSampler``; for
     ``--no-pad`` and ``--pad-canvases auto``). Validation batches are filled to full size
     with blank images when the collator is static (``fill_to``).
     """
@@ -178,7 +178,7 @@ class DetectionData(L.LightningDataModule):
     def __init__(self, train_index: DatasetIndex, val_index: DatasetIndex | None, resize: ResizeSpec,
                  batch_size: int, num_workers: int, collator: Collator, val_collator: Collator | None = None,
                  seed: int = 0, shuffle: bool = True, drop_last: bool = False, pin_memory: bool = False,
-                 hflip: float = 0.5, shape_batches: bool = False, augment: AugmentSpec | None = None):
+                 hflip: float = 0.5, shape_sampler: bool = False, augment: AugmentSpec | None = None):
         super().__init__()
         self.train_set = DetectionDataset(train_index, resize, train=True, seed=seed, hflip=hflip, augment=augment)
         self.val_set = DetectionDataset(val_index, resize, train=False) if val_index is not None else None
@@ -190,12 +190,12 @@ class DetectionData(L.LightningDataModule):
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.pin_memory = pin_memory
-        self.shape_batches = shape_batches
+        self.shape_sampler = shape_sampler
 
     def _loader(self, dataset, collator, shuffle: bool, drop_last: bool) -> DataLoader:
         common = dict(num_workers=self.num_workers, collate_fn=collator, pin_memory=self.pin_memory,
                       persistent_workers=self.num_workers > 0)
-        if self.shape_batches:
+        if self.shape_sampler:
             aspects = [r.aspect for r in dataset.index.records]
             # in training without canvases, the orientations' short last batches as one where they fit
             merge_short = dataset.train and collator.canvases is None
@@ -207,7 +207,7 @@ class DetectionData(L.LightningDataModule):
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int = 0):
         if not isinstance(batch, Batch):
             return super().transfer_batch_to_device(batch, device, dataloader_idx)
-        return ready_from_loader(batch, device, self.num_workers)
+        return to_device_normalised_from_loader(batch, device, self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         drop_last = self.drop_last and len(self.train_set) >= self.batch_size

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from detr_ft.analysis import analyse
 from detr_ft.analysis.bootstrap import default_resamples
-from detr_ft.data.batching import ready_from_loader
+from detr_ft.data.batching import to_device_normalised_from_loader
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.data.sampling import ShapeBatchSampler
 from detr_ft.data.source import read_split
@@ -39,7 +39,7 @@ def run_eval(ckpt_path: str, data_dir: str, out_dir: Path, split: str = "test", 
                         collate_fn=detector.collator, pin_memory=detector.device.type == "cuda")
     found: dict[int, list[dict]] = {}
     for batch in loader:
-        on_device = ready_from_loader(batch, detector.device, num_workers)
+        on_device = to_device_normalised_from_loader(batch, detector.device, num_workers)
         for dets, image_id in zip(detector.detect_batch(on_device), batch.image_ids.tolist()):
             found[image_id] = to_coco_results(dets, image_id)[:MAX_DETECTIONS]
     results = [d for r in index.records for d in found[r.image_id]]  # in the dataset's order

@@ -3,7 +3,7 @@ without torch (``Detector.load("model.onnx")`` returns one).
 
 Preprocessing is detr-ft's own, in PIL + NumPy: the resize is ``transforms.resize_image``
 (Pillow's BILINEAR, as in training), normalisation and padding to the model's canvas
-are ``Collator`` + ``Batch.ready``'s arithmetic in float32. Post-processing is
+are ``Collator`` + ``Batch.to_device_normalised``'s arithmetic in float32. Post-processing is
 ``model/postprocess.py``'s in NumPy: per image it costs well under 1 % of the
 network's time (README, "Deploy with ONNX"), so it stays out of the graph.
 This module imports neither torch nor transformers (only ``collator`` and
@@ -163,7 +163,7 @@ class OnnxDetector:
 
     def canvas_batch(self, samples: list[ImageSample]) -> tuple[np.ndarray, np.ndarray]:
         """pixel_values [B, 3, H, W] float32 normalised, 0 on padding, and pixel_mask [B, H, W]
-        int64, as ``Collator`` + ``Batch.ready`` make them."""
+        int64, as ``Collator`` + ``Batch.to_device_normalised`` make them."""
         H, W = self.info.canvas
         pixels = np.zeros((len(samples), 3, H, W), np.float32)
         mask = np.zeros((len(samples), H, W), np.int64)

@@ -17,6 +17,7 @@ from detr_ft.averaging import EMA
 from detr_ft.checkpoint import load_checkpoint, model_from_checkpoint
 from detr_ft.config import TrainConfig
 from detr_ft.data.batching import Collator, batch_padding_fraction, compute_buckets, padded_pixel_fraction
+from detr_ft.data.padding import pad_canvases
 from detr_ft.data.source import read_split
 from detr_ft.engine import DetectionData, DetrModule, NonFiniteLossError, OptimConfig, Throughput
 from detr_ft.devices import device_type, process_settings_restored, say_if_slow_bf16, trainer_device
@@ -67,17 +68,10 @@ def newest_checkpoint(out_dir: Path) -> Path | None:
     return max(ckpts, key=lambda p: p.stat().st_mtime) if ckpts else None
 
 
-def canvases_for(cfg: TrainConfig, resize) -> list[tuple[int, int]] | None:
-    """The fixed canvases of --pad: one square (or --pad-size), or with --pad-canvases auto
-    a landscape and a portrait one (short x long, long x short), which every resized image fits.
-    ``resize`` is the augmentation's envelope (``AugmentSpec.envelope``): the largest scale."""
-    if not cfg.pad:
-        return None
-    if cfg.pad_canvases == "auto":
-        return resize.orientation_canvases
-    if cfg.pad_size:
-        return [(int(cfg.pad_size[0]), int(cfg.pad_size[1]))]
-    return [resize.max_canvas]
+def training_canvases(cfg: TrainConfig, resize) -> list[tuple[int, int]] | None:
+    """The run's fixed canvases (``padding.pad_canvases``), None without --pad. ``resize`` is the
+    augmentation's envelope (``AugmentSpec.envelope``): the largest scale."""
+    return pad_canvases(resize, cfg.pad_canvases, cfg.pad_size) if cfg.pad else None
 
 
 def largest_sizes(records, envelope, geometric: bool) -> list[tuple[int, int]]:
@@ -176,7 +170,7 @@ def _fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...]):
     buckets = compute_buckets(counts, cfg.num_buckets)
     if buckets and val_index is not None and len(val_index):
         buckets[-1] = max(buckets[-1], int(val_index.object_counts().max()))
-    canvases = canvases_for(cfg, envelope)
+    canvases = training_canvases(cfg, envelope)
     if buckets:
         print(f"object buckets: {buckets}")
     resized = [bundle.resize.output_size(r.height, r.width) for r in train_index.records]
@@ -192,7 +186,7 @@ def _fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...]):
     data = DetectionData(train_index, val_index, bundle.resize, cfg.batch_size,
                          0 if cfg.deterministic else cfg.num_workers, collator, val_collator, seed=cfg.seed,
                          shuffle=True, drop_last=cfg.pad, pin_memory=torch.cuda.is_available(), augment=augment,
-                         shape_batches=not canvases or len(canvases) > 1)  # not when one canvas fits all
+                         shape_sampler=not canvases or len(canvases) > 1)  # not when one canvas fits all
     if canvases:
         pad_fraction = padded_pixel_fraction(resized, canvases)
         print(f"canvases: {canvases}; padded pixels: {pad_fraction:.1%}")
@@ -267,7 +261,7 @@ def _fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...]):
         "resize": [bundle.resize.shortest, bundle.resize.longest],
         "augment": dataclasses.asdict(augment),  # the preset with the knobs given, as trained
         "padded_pixel_fraction": round(pad_fraction, 4),
-        "padded_pixel_fraction_square": round(padded_pixel_fraction(resized, [bundle.resize.max_canvas]), 4)
+        "padded_pixel_fraction_square": round(padded_pixel_fraction(resized, pad_canvases(bundle.resize)), 4)
         if canvases else None,
         "recompiles": compilations(module.model.model) if cfg.compile else None,
         "model": cfg.model if not cfg.use_ckpt else cfg.ckpt_path,

@@ -20,7 +20,7 @@ def forever(loader):
 
 
 def bench_train(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: list[str]) -> list[Record]:
-    batch = ws.train_batch().ready(device)
+    batch = ws.train_batch().to_device_normalised(device)
     labels = stock_labels(batch.targets(), device)
     opt = sides.reset()
     times = alternate({
@@ -155,7 +155,7 @@ def bench_latency(ws: Workspace, cfg: BenchConfig, device, detector, pipe, notes
     record = next((r for r in ws.index.records if r.width >= r.height), ws.index.records[0])
     canvas = ws.auto_canvases[0] if record.width >= record.height else ws.auto_canvases[1]
     detector.use_canvas(canvas)
-    batch = detector.collator([detector.sample(ws.index.load_image(record))]).ready(device)
+    batch = detector.batch_on_device([detector.sample(ws.index.load_image(record))])
     pv, pm, sizes = batch.pixel_values, batch.pixel_mask, batch.orig_sizes  # for the stock side
     mode = latency_compile_mode(device)
     if cfg.compile:

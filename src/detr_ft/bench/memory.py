@@ -27,7 +27,7 @@ def _rss_child(task: str, side: str, cfg: BenchConfig, root: str, export_dir: st
         ws = Workspace(cfg, Path(root))
         if task == "train":
             sides = Sides(cfg, ws.categories, ws.resize, device, only=side)
-            batch = ws.train_batch().ready(device)
+            batch = ws.train_batch().to_device_normalised(device)
             opt = sides.reset()
             labels = stock_labels(batch.targets(), device)
             for _ in range(cfg.warmup + 2):

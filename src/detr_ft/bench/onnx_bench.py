@@ -42,9 +42,9 @@ def bench_infer_onnx(ws: Workspace, cfg: BenchConfig, device, checkpoint, notes:
         return {"onnxruntime": lambda: found.__setitem__("onnx", runtime.detect_arrays(*arrays, THRESHOLD)),
                 "pytorch": lambda: found.__setitem__("torch", detector.detect_batch(batch, THRESHOLD))}
 
-    full = detector.collator(samples).ready(device)
+    full = detector.batch_on_device(samples)
     times = alternate(sides(full), cfg.rounds, 1, device)
-    one = detector.collator(samples[:1]).ready(device)
+    one = detector.batch_on_device(samples[:1])
     latency = alternate(sides(one), max(cfg.steps, 3), max(cfg.warmup, 1), device)
     ws.samples["infer-onnx"], ws.samples["latency-onnx"] = times, latency
     n = len(samples)

@@ -47,11 +47,13 @@ class Workspace:
         self.ann_file = self.data_dir / "annotations" / "train.json"
         self.images_dir = self.data_dir / "images"
         from detr_ft.data.augment import augment_spec
+        from detr_ft.data.padding import pad_canvases
 
         self.augment = augment_spec(cfg.augment, self.resize)
         envelope = self.augment.envelope(self.resize)  # the preset's scales stay within the resize
-        self.auto_canvases = envelope.orientation_canvases
-        self.square_canvas = envelope.max_canvas
+        # training's --pad canvases: --pad-canvases auto (ours) and square (the stock side's)
+        self.auto_canvases = pad_canvases(envelope, "auto")
+        self.square_canvas = pad_canvases(envelope, "square")[0]
 
     @functools.cached_property
     def processor(self):
@@ -94,7 +96,7 @@ class Workspace:
         collator = Collator(self.resize.mean, self.resize.std, canvases=self.auto_canvases, buckets=self.buckets[0])
         data = DetectionData(self.index, None, self.resize, self.cfg.batch_size, workers, collator,
                              seed=self.cfg.seed, shuffle=True, drop_last=drop_last,
-                             pin_memory=torch.cuda.is_available(), shape_batches=True, augment=self.augment)
+                             pin_memory=torch.cuda.is_available(), shape_sampler=True, augment=self.augment)
         return data
 
     def stock_loader(self, workers: int, drop_last: bool) -> DataLoader:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from detr_ft.data.transforms import hflip, image_tensor
+from detr_ft.data.transforms import flip_horizontally, image_tensor
 from detr_ft.errors import UserError
 from detr_ft.types import MIN_IMAGE_SIDE, ResizeSpec, resize_output_size
 
@@ -113,7 +113,7 @@ class AugmentSpec:
         if self.photometric > 0 and rng.random() < self.photometric:
             pixels = distort_colours(pixels, rng, self.jitter)
         if flip:
-            pixels, boxes = hflip(pixels, boxes)
+            pixels, boxes = flip_horizontally(pixels, boxes)
         return pixels, boxes.astype(np.float32), labels
 
     def _crop(self, image: Image.Image, boxes: np.ndarray, rng: np.random.Generator):

@@ -23,7 +23,8 @@ class Batch:
     """A batch of B images padded to H x W, and their objects padded to T.
 
     pixel_values: [B, 3, H, W]; as collated, uint8 pixels, 0 where padded;
-                  after ``ready()``, float, normalised, 0 where padded: what the model takes.
+                  after ``to_device_normalised()``, float, normalised, 0 where padded: what
+                  the model takes.
     pixel_mask:   [B, H, W] bool, True on real pixels, False on padding.
     labels:       [B, T] long, contiguous class index in [0, num_classes).
     boxes:        [B, T, 4] float, (cx, cy, w, h) normalised by the real
@@ -31,7 +32,7 @@ class Batch:
     valid:        [B, T] bool, True for real objects, False for padding.
     image_ids:    [B] long, the dataset's image ids.
     orig_sizes:   [B, 2] long, (height, width) of the original image.
-    norm:         [2, 3] float, the (mean, std) x 255 that ``ready()`` normalises uint8
+    norm:         [2, 3] float, the (mean, std) x 255 that ``to_device_normalised()`` normalises uint8
                   pixels with; None once they are normalised.
     """
 
@@ -54,7 +55,7 @@ class Batch:
     def pin_memory(self) -> "Batch":
         return self._map(torch.Tensor.pin_memory)
 
-    def ready(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+    def to_device_normalised(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         """The batch on ``device`` with normalised float pixels. The uint8 pixels travel (a
         quarter of float32's bytes, from loader workers and to an accelerator) and are
         normalised where they arrive."""
@@ -71,9 +72,9 @@ class Batch:
     def __reduce__(self):
         """Pickling (a loader worker handing the batch to the main process): the small fields
         travel by value. PyTorch hands every CPU tensor over through its own shared-memory
-        segment, a file descriptor passed over a fresh socket connection: about 0.5 ms per
-        tensor on a 2-core machine, whatever its size — more than copying a few kB. The
-        canvases (made in shared memory) still go that way."""
+        segment, a file descriptor passed over a fresh socket connection, at a fixed cost
+        larger than copying a few kB (benchmarks/README.md). The canvases (made in shared
+        memory) still go that way."""
         return _rebuild_batch, tuple(_by_value(getattr(self, f.name)) for f in fields(self))
 
     def targets(self) -> list[dict[str, torch.Tensor]]:
@@ -84,13 +85,13 @@ class Batch:
         ]
 
 
-def ready_from_loader(batch: Batch, device: torch.device, num_workers: int) -> Batch:
-    """``batch.ready(device)`` for a batch from a DataLoader with ``num_workers`` workers. On the
-    CPU while workers decode on the same cores, one thread normalises: two spent 3x the CPU
-    time, mostly at OpenMP barriers waiting for a thread a worker had descheduled
-    (benchmarks/README.md). On CUDA the copy does not block (the loader pins its batches)."""
+def to_device_normalised_from_loader(batch: Batch, device: torch.device, num_workers: int) -> Batch:
+    """``batch.to_device_normalised(device)`` for a batch from a DataLoader with ``num_workers``
+    workers. On the CPU while workers decode on the same cores, one thread normalises: more
+    threads wait at OpenMP barriers for a thread a worker has descheduled (benchmarks/README.md).
+    On CUDA the copy does not block (the loader pins its batches)."""
     with one_cpu_thread(device.type == "cpu" and num_workers > 0):
-        return batch.ready(device, non_blocking=device.type == "cuda")
+        return batch.to_device_normalised(device, non_blocking=device.type == "cuda")
 
 
 # Tensors up to this size leave a loader worker by value (pickled bytes), larger ones through
@@ -131,7 +132,9 @@ class Collator:
         self.buckets = list(buckets or [])
         self.fill_to = fill_to
 
-    def canvas_for(self, sizes: list[tuple[int, int]]) -> tuple[int, int]:
+    def smallest_canvas_holding(self, sizes: list[tuple[int, int]]) -> tuple[int, int]:
+        """The (H, W) a batch of images of these sizes is padded to: the first (smallest) canvas
+        that holds them all, or without canvases their largest height and width."""
         max_h = max(h for h, _ in sizes)
         max_w = max(w for _, w in sizes)
         if self.canvases is None:
@@ -143,7 +146,7 @@ class Collator:
 
     def __call__(self, samples) -> Batch:
         b = max(len(samples), self.fill_to or 0)
-        H, W = self.canvas_for([tuple(s.image.shape[1:]) for s in samples])
+        H, W = self.smallest_canvas_holding([tuple(s.image.shape[1:]) for s in samples])
         max_count = max(len(s.labels) for s in samples)
         T = bucket_size(max_count, self.buckets) if self.buckets else max(max_count, 1)
         # uint8 pixels and a bool mask, 4 bytes a pixel to hand over instead of float32 + int64's 20,

@@ -22,8 +22,10 @@ import numpy as np
 
 from detr_ft.data.coco import CocoIndex, annotation_path, read_json
 from detr_ft.data.image_hash import file_digest, near_pairs, phash
-from detr_ft.data.padding import bucket_size, compute_buckets, padded_pixel_fraction
+from detr_ft.data.padding import bucket_size, compute_buckets, pad_canvases, padded_pixel_fraction
 from detr_ft.types import DatasetIndex, ResizeSpec
+
+# facebook/detr-resnet-50's resize (model/build.py's DETR_RESIZE; that module imports torch)
 DEFAULT_RESIZE = ResizeSpec(shortest=800, longest=1333)
 COCO_SMALL, COCO_MEDIUM = 32 ** 2, 96 ** 2  # COCO's area limits of small and medium objects (pixels)
 MAX_EXAMPLES = 10
@@ -311,8 +313,8 @@ def suggest_num_buckets(counts: np.ndarray) -> dict | None:
 def suggest_pad_canvases(resized: list[tuple[int, int]], resize: ResizeSpec) -> dict | None:
     if not resized:
         return None
-    square = padded_pixel_fraction(resized, [resize.max_canvas])
-    auto = padded_pixel_fraction(resized, resize.orientation_canvases)
+    square = padded_pixel_fraction(resized, pad_canvases(resize))
+    auto = padded_pixel_fraction(resized, pad_canvases(resize, "auto"))
     value = "auto" if auto < square - 0.1 else "square"
     return {"value": value, "padded_pixels_square": round(square, 3), "padded_pixels_auto": round(auto, 3),
             "why": f"with --pad, a square canvas is {square:.0%} padding, a landscape and a portrait one "

@@ -26,6 +26,17 @@ def compute_buckets(object_counts, num_buckets: int) -> list[int]:
     return sorted({max(1, int(b)) for b in bounds} | {max(1, int(counts.max()))})
 
 
+def pad_canvases(envelope, mode: str = "square", size=None) -> list[tuple[int, int]]:
+    """The fixed canvases of ``--pad`` for images resized by ``envelope`` (a ``ResizeSpec``; in
+    training the augmentation's largest scale): ``mode`` "auto", a landscape and a portrait one
+    (short x long, long x short); else ``size`` (``--pad-size``) or the envelope's largest square."""
+    if mode == "auto":
+        return envelope.orientation_canvases
+    if size:
+        return [(int(size[0]), int(size[1]))]
+    return [envelope.max_canvas]
+
+
 def bucket_size(count: int, buckets: list[int]) -> int:
     """The smallest bucket that holds ``count`` objects (the largest bucket if none does)."""
     for b in buckets:

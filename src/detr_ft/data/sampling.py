@@ -60,8 +60,8 @@ class EpochSampler(Sampler):
         return iter([(i, self.epoch) for i in order])
 
 
-def orientation_batches(order: list[int], aspects: list[float], batch_size: int, drop_last: bool = False,
-                        merge_short: bool = False) -> list[list[int]]:
+def single_orientation_batches(order: list[int], aspects: list[float], batch_size: int, drop_last: bool = False,
+                               merge_short: bool = False) -> list[list[int]]:
     """The indices in ``order`` cut into batches of ``batch_size``: landscape images (height <=
     width) first, then portrait ones, each group in the order given; no batch holds both, but
     with ``merge_short`` the two groups' short last batches become one where they fit one (as
@@ -79,11 +79,11 @@ def orientation_batches(order: list[int], aspects: list[float], batch_size: int,
     return batches
 
 
-def batches_by_shape(aspects: list[float], batch_size: int, drop_last: bool = False) -> list[list[int]]:
+def aspect_sorted_batches(aspects: list[float], batch_size: int, drop_last: bool = False) -> list[list[int]]:
     """Batches for inference: the images sorted by aspect ratio (height / width), so that each
     batch pads its images to little more than their own size; no batch mixes orientations."""
-    return orientation_batches(sorted(range(len(aspects)), key=aspects.__getitem__), aspects, batch_size,
-                               drop_last)
+    return single_orientation_batches(sorted(range(len(aspects)), key=aspects.__getitem__), aspects,
+                                      batch_size, drop_last)
 
 
 class ShapeBatchSampler(Sampler):
@@ -91,12 +91,11 @@ class ShapeBatchSampler(Sampler):
     or to the canvas of its orientation (``--pad-canvases auto``).
 
     ``aspects[i]`` is image i's height / width (from the JSON sizes; no image decoded). A full
-    batch never mixes a landscape and a portrait image, which would pad each other to a square: of
-    240 synthetic images in batches of 8, 41 % of the pixels of shuffled batches are padding, 18 %
-    of these. Shuffled (training), each epoch: shuffle within each orientation, cut into
+    batch never mixes a landscape and a portrait image, which would pad each other to a square
+    (benchmarks/README.md). Shuffled (training), each epoch: shuffle within each orientation, cut into
     batches, shuffle the batches; ``merge_short``: the orientations' short last batches
-    merged where they fit one (``orientation_batches``). Not shuffled (validation): sorted
-    by aspect ratio (``batches_by_shape``), the least padding. Batches are sharded by rank.
+    merged where they fit one (``single_orientation_batches``). Not shuffled (validation): sorted
+    by aspect ratio (``aspect_sorted_batches``), the least padding. Batches are sharded by rank.
     """
 
     def __init__(self, aspects: list[float], batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False,
@@ -114,9 +113,10 @@ class ShapeBatchSampler(Sampler):
 
     def _batches(self) -> list[list[int]]:
         if not self.shuffle:
-            return batches_by_shape(self.aspects, self.batch_size, self.drop_last)
+            return aspect_sorted_batches(self.aspects, self.batch_size, self.drop_last)
         order = _order(len(self.aspects), True, self.seed, self.epoch)
-        batches = orientation_batches(order, self.aspects, self.batch_size, self.drop_last, self.merge_short)
+        batches = single_orientation_batches(order, self.aspects, self.batch_size, self.drop_last,
+                                             self.merge_short)
         perm = _order(len(batches), True, self.seed + 1, self.epoch)
         return [batches[k] for k in perm]
 

@@ -107,9 +107,9 @@ def image_tensor(image: Image.Image, size: tuple[int, int] | None = None, fast: 
 
     By default with ``resize_image`` (Pillow's BILINEAR: the pixels of transformers' processors, so
     eval, predict and an export's ``pipeline()`` see the same image). ``fast``: torch's antialiased
-    bilinear kernel on uint8, up to 2 grey levels from Pillow's and 2-3x faster (upsampling most):
+    bilinear kernel on uint8, up to 2 grey levels from Pillow's and faster (benchmarks/README.md):
     for training, where augmentation changes the pixels far more. Normalisation happens once per
-    batch, in ``Batch.ready``.
+    batch, in ``Batch.to_device_normalised``.
     """
     import torch
 
@@ -125,7 +125,7 @@ def image_tensor(image: Image.Image, size: tuple[int, int] | None = None, fast: 
                                            align_corners=False)[0]
 
 
-def hflip(image: torch.Tensor, boxes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+def flip_horizontally(image: torch.Tensor, boxes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
     """Mirror a [3, H, W] image; boxes are normalised (cx, cy, w, h)."""
     boxes = boxes.copy()
     boxes[:, 0] = 1.0 - boxes[:, 0]

@@ -1,9 +1,8 @@
 """Layout and fusion for speed, numerics unchanged up to float rounding.
 
 - Channels-last convolutions (training and inference): oneDNN on CPUs and
-  tensor cores on CUDA run NHWC convolutions faster than NCHW ones (measured on
-  a 2-core CPU: detr-tiny 1.3-1.4x per training step, DETR-R50 1.1-1.3x;
-  ``benchmarks/README.md``). ``detection_outputs`` hands such a model its
+  tensor cores on CUDA run NHWC convolutions faster than NCHW ones
+  (``benchmarks/README.md``). ``detection_outputs`` hands such a model its
   pixels in that layout.
 - Batch norms folded into the convolution before them (inference): a frozen or
   eval-mode batch norm is a per-channel affine map, which the convolution's
