@@ -19,7 +19,7 @@ from detr_ft.config import TrainConfig
 from detr_ft.data.batching import Collator, batch_padding_fraction, compute_buckets, padded_pixel_fraction
 from detr_ft.data.hf_dataset import read_split
 from detr_ft.engine import DetectionData, DetrModule, NonFiniteLossError, OptimConfig, Throughput
-from detr_ft.devices import device_type, process_settings_restored, say_if_slow_bf16, trainer_device
+from detr_ft.devices import device_type, run_settings, say_if_slow_bf16, trainer_device
 from detr_ft.errors import UserError
 from detr_ft.loggers import experiment_logger, finish
 from detr_ft.metrics import METRIC_NAMES, ground_truth
@@ -140,8 +140,9 @@ def run_train(cfg: TrainConfig) -> dict | None:
 
 def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
     """Fine-tune; returns (trainer, module, summary). ``extra_callbacks`` join the Trainer's (e.g. the demo's
-    timeline). Torch's process-wide settings (deterministic algorithms, TF32) are the caller's again after."""
-    with process_settings_restored():
+    timeline). Torch's process-wide settings are set here for the run (TF32 on CUDA) and are the
+    caller's again after (deterministic algorithms, TF32)."""
+    with run_settings(cfg.device):
         return _fit(cfg, extra_callbacks)
 
 
