@@ -315,7 +315,7 @@ def test_config_file_accepts_every_train_flag_and_flags_override_it(tmp_path, mo
         argv = ["train", "--config", str(path), *flags]
         args = parser.parse_args(argv)
         args._argv = argv
-        return train_config(args, parser._subparsers._group_actions[0].choices["train"])
+        return train_config(args)
 
     cfg = resolve()
     assert (cfg.max_steps, cfg.lr, cfg.pad_size, cfg.pad, cfg.device, cfg.hf_dataset, cfg.logger, cfg.max_minutes) \

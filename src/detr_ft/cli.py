@@ -16,6 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from detr_ft.config import DEFAULT_DATA_DIR, DEVICES, PRESET_RECIPE, PRETRAINED_RECIPE, TrainConfig
+from detr_ft.config_file import config_defaults
 from detr_ft.errors import UserError
 from detr_ft.log_policy import configure_logging
 from detr_ft.loggers import LOGGERS
@@ -27,6 +28,20 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class CommandLine(Parser):
+    """The root parser. The file of ``train --config FILE`` is read first and its settings become the
+    train flags' defaults; argv is then parsed once, so the flags given override the file. A bad file
+    raises ``UserError``."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        first = first_pass(args)
+        if first.command == "train" and first.config:
+            train = self._subparsers._group_actions[0].choices["train"]
+            train.set_defaults(**config_defaults(first.config, train))
+        return super().parse_known_args(args, namespace)
 
 
 def default_output_dir(command: str) -> Path:
@@ -257,8 +272,8 @@ def add_augment_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                    help="largest zoom-out frame, times the image's size (default: %(default)s)")
 
 
-def build_parser() -> Parser:
-    parser = Parser(prog="detr-ft", description="Fine-tune DETR object detectors on COCO-format data.")
+def build_parser() -> CommandLine:
+    parser = CommandLine(prog="detr-ft", description="Fine-tune DETR object detectors on COCO-format data.")
     parser.add_argument("--version", action="version", version=f"detr-ft {__import__('detr_ft').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
@@ -382,97 +397,47 @@ def build_parser() -> Parser:
     return parser
 
 
-def train_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TrainConfig:
-    """TrainConfig from defaults < --config FILE < explicit flags."""
-    names = {f.name for f in fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    if args.config:
-        import yaml
-
-        path = Path(args.config).expanduser()
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise UserError(f"--config {path}: file not found") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise UserError(f"--config {path}: not valid YAML{where} ({getattr(e, 'problem', None) or e})") from None
-        if not isinstance(loaded, dict):
-            raise UserError(f"--config {path}: expected a mapping of flag names to values")
-        loaded = {k.replace("-", "_"): v for k, v in loaded.items()}
-        unknown = sorted(set(loaded) - names)
-        if unknown:
-            raise UserError(f"--config {path}: unknown setting(s) {', '.join(unknown)}; use train flag names")
-        actions = {a.dest: a for a in parser._actions}
-        explicit = explicit_flags(sys.argv[1:] if args._argv is None else args._argv)
-        for k, v in loaded.items():
-            if k not in explicit:
-                values[k] = yaml_value(actions.get(k), k, v, path)
-    return TrainConfig(**values)
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The train settings of parsed ``args`` (a --config file's values are already their defaults)."""
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
 
 
-def yaml_value(action: argparse.Action | None, key: str, value, path: Path):
-    """A --config value checked and converted as its flag's would be (type, choices, nargs)."""
-    if action is None or value is None:  # settings without a flag (output_dir), or "not set"
-        return value
-    flag = "--" + key.replace("_", "-")
-
-    def bad(why: str) -> UserError:
-        return UserError(f"--config {path}: {key}: {value!r} is not {why}, as {flag} needs")
-
-    if isinstance(action, argparse.BooleanOptionalAction):
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    convert = action.type or str
-    items = value if action.nargs is not None else [value]
-    count_ok = (lambda n: n >= 1) if action.nargs == "+" else (lambda n: n == action.nargs)
-    if action.nargs is not None and not (isinstance(value, list) and count_ok(len(value))):
-        raise bad(f"a list of {action.nargs if action.nargs != '+' else 'one or more'} values")
+def first_pass(argv: list[str] | None) -> argparse.Namespace:
+    """The command, --config and --debug, read before the real parse; everything else is left to it
+    (a malformed --config, too: the real parse names the mistake)."""
+    pre = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    pre.add_argument("command", nargs="?")
+    pre.add_argument("--config")
+    pre.add_argument("--debug", action="store_true")
     try:
-        if convert is int and any(isinstance(v, float) and not v.is_integer() for v in items):
-            raise ValueError
-        if any(isinstance(v, (bool, list, dict)) for v in items):
-            raise ValueError
-        items = [convert(v) for v in items]
-    except (TypeError, ValueError):
-        kind = {int: "an integer", float: "a number"}.get(convert, "text")
-        raise bad(kind) from None
-    if action.choices and any(v not in action.choices for v in items):
-        raise bad(f"one of {', '.join(map(str, action.choices))}")
-    return items if action.nargs is not None else items[0]
-
-
-def explicit_flags(argv: list[str]) -> set[str]:
-    """The dests of the train options given on the command line (abbreviated or not):
-    ``argv`` parsed again by a fresh parser whose defaults are all suppressed."""
-    probe = build_parser()
-    train = probe._subparsers._group_actions[0].choices["train"]
-    for action in train._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(probe.parse_args(argv))) - {"command"}
+        return pre.parse_known_args(argv)[0]
+    except argparse.ArgumentError:
+        return argparse.Namespace(command=None, config=None, debug=False)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse argv, set the log policy, run the command. A user's mistake (``UserError``, a path the
+    file system refuses, a setting Lightning rejects) is one line on stderr and exit code 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    args._argv = argv
+    try:
+        args = parser.parse_args(argv)
+    except UserError as e:  # the train --config file, read while parsing
+        if first_pass(argv).debug:
+            raise
+        return refuse("train", e)
     configure_logging(args.debug, args.command)
     try:
-        return dispatch(args, parser)
+        return dispatch(args)
     except UserError as e:
         if args.debug:
             raise
-        print(f"detr-ft {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return refuse(args.command, e)
     except OSError as e:  # the file system refused a path (permission, missing folder, disk full): the user's to fix
         if args.debug:
             raise
         where = f": {e.filename}" if e.filename else ""
-        print(f"detr-ft {args.command}: error: {e.strerror or e}{where}; check the path and its permissions "
-              f"(--debug shows where)", file=sys.stderr)
-        return 2
+        return refuse(args.command, f"{e.strerror or e}{where}; check the path and its permissions (--debug shows "
+                                    f"where)")
     except Exception as e:
         if args.debug or "lightning" not in sys.modules:  # Lightning's complaint about settings, below
             raise
@@ -480,14 +445,19 @@ def main(argv: list[str] | None = None) -> int:
 
         if not isinstance(e, MisconfigurationException):
             raise
-        print(f"detr-ft {args.command}: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
-        return 2
+        return refuse(args.command, str(e).strip().splitlines()[0])
     except KeyboardInterrupt:
         print("detr-ft: interrupted", file=sys.stderr)
         return 130
 
 
-def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def refuse(command: str, why) -> int:
+    """The one line of a user's mistake; the exit code 2."""
+    print(f"detr-ft {command}: error: {why}", file=sys.stderr)
+    return 2
+
+
+def dispatch(args: argparse.Namespace) -> int:
     out = Path(args.output_dir) if args.output_dir else default_output_dir(args.command)
     if args.command == "data":
         return cmd_data(args)
@@ -495,8 +465,7 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "train":
         from detr_ft.train import run_train
 
-        sub = parser._subparsers._group_actions[0].choices["train"]
-        cfg = train_config(args, sub)
+        cfg = train_config(args)
         cfg.output_dir = str(out)
         summary = run_train(cfg)
         if summary is None:  # another process of a multi-process run: rank 0 reports

@@ -101,30 +101,39 @@ def bf16_autocast(device: str | torch.device, enabled: bool):
 
 
 @contextlib.contextmanager
+def cpu_threads(threads: int | None):
+    """Torch's intra-op thread count set to ``threads`` inside the block (None: unchanged), and the
+    count before restored after it."""
+    before = torch.get_num_threads()
+    if not threads or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def one_cpu_thread(enabled: bool = True):
     """Run the CPU ops inside on one intra-op thread when ``enabled`` (the thread count is
     restored after). For small memory-bound work while loader workers keep the cores busy:
     a multi-threaded op then waits at OpenMP barriers for threads a worker has descheduled."""
-    threads = torch.get_num_threads()
-    if not enabled or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return cpu_threads(1 if enabled else None)
 
 
 @contextlib.contextmanager
-def process_settings_restored():
-    """Torch's process-wide settings as they were before the block: a run sets them (Lightning's
-    ``deterministic``, TF32 on CUDA), and a caller in the same process (tests, notebooks, the demo)
-    gets its own back."""
+def run_settings(device: str):
+    """Torch's process-wide settings for a training run on ``device`` (TF32 matmuls and convolutions
+    on CUDA), and, after the block, every setting as it was before (Lightning's ``deterministic`` too):
+    a caller in the same process (tests, notebooks, the demo) gets its own back."""
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
              torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     try:
+        if device_type(device) == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         yield
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
@@ -138,9 +147,6 @@ def trainer_device(device: str, devices: int, num_nodes: int, strategy: str, aut
     require(device)
     if device == "cuda" and devices > torch.cuda.device_count():
         raise UserError(f"--devices {devices}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    if device_type(device) == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     if device != "hpu":
         return TrainerDevice(device, strategy, precision=precision)
     try:

@@ -20,7 +20,7 @@ from detr_ft.data.batching import Collator, batch_padding_fraction, compute_buck
 from detr_ft.data.padding import pad_canvases
 from detr_ft.data.source import read_split
 from detr_ft.engine import DetectionData, DetrModule, NonFiniteLossError, OptimConfig, Throughput
-from detr_ft.devices import device_type, process_settings_restored, say_if_slow_bf16, trainer_device
+from detr_ft.devices import device_type, run_settings, say_if_slow_bf16, trainer_device
 from detr_ft.errors import UserError
 from detr_ft.loggers import experiment_logger, finish
 from detr_ft.metrics import METRIC_NAMES, ground_truth
@@ -134,40 +134,98 @@ def run_train(cfg: TrainConfig) -> dict | None:
 
 def fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...] = ()):
     """Fine-tune; returns (trainer, module, summary). ``extra_callbacks`` join the Trainer's (e.g. the demo's
-    timeline). Torch's process-wide settings (deterministic algorithms, TF32) are the caller's again after."""
-    with process_settings_restored():
+    timeline). Torch's process-wide settings are set here for the run (TF32 on CUDA) and are the
+    caller's again after (deterministic algorithms, TF32)."""
+    with run_settings(cfg.device):
         return _fit(cfg, extra_callbacks)
 
 
 def _fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...]):
-    cfg = cfg.with_recipe_defaults().validate()  # --augment auto, --ema unset: the model's recipe
+    """The run, step by step: settings, data, shapes, model, module, callbacks, trainer, fit, summary."""
+    cfg = cfg.with_recipe_defaults()  # --augment auto, --ema unset: the model's recipe
+    out = start_run(cfg)
+    tracker = experiment_logger(cfg.logger, out, cfg.tracking_uri)  # a missing package: an error before any work
+    device = trainer_device(cfg.device, cfg.devices, cfg.num_nodes, cfg.strategy, cfg.autocast)  # available?
+    resume_from, checkpoint = checkpoint_to_resume(cfg, out)
+    train_index, val_index = read_splits(cfg)
+    bundle, augment = model_and_augmentation(cfg, train_index.categories)
+    shapes = plan_shapes(cfg, bundle, augment, train_index, val_index)
+    prepare_model(cfg, bundle)
+    data = detection_data(cfg, bundle, augment, shapes, train_index, val_index)
+    shapes.pad_fraction = report_padding(shapes, data)
+    module = DetrModule(bundle, train_index.categories,
+                        OptimConfig(cfg.lr, cfg.lr_backbone, cfg.weight_decay, cfg.lr_schedule, cfg.warmup_steps),
+                        val_ground_truth=ground_truth(val_index.records, train_index.categories) if val_index else None,
+                        on_non_finite=cfg.on_non_finite)
+    callbacks, throughput = training_callbacks(cfg, out, extra_callbacks)
+    keep_until, checkpoint_io = continue_from(cfg, out, resume_from, checkpoint, module)
+    del checkpoint  # the checkpoint IO holds it until Lightning reads it, then lets it go
+    loggers = [ContinuingCSVLogger(out, keep_until=keep_until), *([tracker] if tracker else [])]
+    trainer = build_trainer(cfg, device, bundle, out, callbacks, loggers, checkpoint_io)
+    record_settings(cfg, out, trainer, tracker)
+    started = time.perf_counter()
+    fit_module(trainer, module, data, resume_from, out)
+    summary = run_summary(cfg, trainer, module, bundle, augment, shapes, throughput, started, train_index, val_index)
+    if trainer.is_global_zero:
+        summary = report_on_rank_zero(cfg, out, trainer, module, bundle.resize, summary, val_index)
+    finish(tracker)
+    return trainer, module, summary
+
+
+@dataclasses.dataclass
+class Shapes:
+    """How training batches are shaped: object-count buckets, canvases (None: each batch padded to
+    its largest image), the collators, each training image's resized size and the padded share."""
+
+    buckets: list[int] | None
+    canvases: list[tuple[int, int]] | None
+    collator: Collator
+    val_collator: Collator
+    resized: list[tuple[int, int]]
+    pad_fraction: float = 0.0
+
+
+def start_run(cfg: TrainConfig) -> Path:
+    """Check the settings, make the output dir, seed everything; the output dir."""
+    cfg.validate()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    tracker = experiment_logger(cfg.logger, out, cfg.tracking_uri)  # a missing package: an error before any work
-    device = trainer_device(cfg.device, cfg.devices, cfg.num_nodes, cfg.strategy, cfg.autocast)  # available?
-    kind = device_type(cfg.device)
+    return out
+
+
+def checkpoint_to_resume(cfg: TrainConfig, out: Path) -> tuple[Path | None, dict | None]:
+    """--resume: the newest checkpoint in ``out`` and its contents, read before any data is (a clear
+    error if truncated, corrupt or unsafe); (None, None) without --resume."""
     resume_from = newest_checkpoint(out) if cfg.resume else None
     if cfg.resume and resume_from is None:
         raise UserError(f"--resume: no checkpoint in {out} to continue from; drop --resume to start afresh")
-    # before any data is read: a clear error if truncated, corrupt or unsafe
-    checkpoint = load_checkpoint(resume_from) if resume_from else None
+    return resume_from, load_checkpoint(resume_from) if resume_from else None
 
+
+def read_splits(cfg: TrainConfig):
+    """The training split and the validation split (None with --train-only), same classes."""
     train_index = read_split(cfg.data_dir, "train", cfg.on_bad_data, hf_dataset=cfg.hf_dataset)
     val_index = None if cfg.train_only else read_split(cfg.data_dir, "test", cfg.on_bad_data,
                                                        categories=train_index.categories, hf_dataset=cfg.hf_dataset)
-    categories = train_index.categories
+    return train_index, val_index
+
+
+def model_and_augmentation(cfg: TrainConfig, categories):
+    """The model to fine-tune (new or --use-ckpt's) at the training resolution, and its augmentation."""
     bundle = warm_start_bundle(cfg, categories) if cfg.use_ckpt else build_model(cfg.model, categories.id2label)
     bundle.resize = bundle.resize.with_image_size(cfg.image_size)  # saved in the checkpoint with the model
-    augment = cfg.augment_spec(bundle.resize)
-    envelope = augment.envelope(bundle.resize)
+    return bundle, cfg.augment_spec(bundle.resize)
 
+
+def plan_shapes(cfg: TrainConfig, bundle: ModelBundle, augment, train_index, val_index) -> Shapes:
+    """Object-count buckets and canvases for the data, checked to fit every training image."""
+    envelope = augment.envelope(bundle.resize)
     family = family_of(bundle.model)
     if not family.criterion_pads_targets and cfg.num_buckets > 1:
         print(f"note: --num-buckets has no effect on {family.model_type}: its loss is transformers', which is fed "
               f"the real objects only (no padded targets)")
-    counts = train_index.object_counts()
-    buckets = compute_buckets(counts, cfg.num_buckets)
+    buckets = compute_buckets(train_index.object_counts(), cfg.num_buckets)
     if buckets and val_index is not None and len(val_index):
         buckets[-1] = max(buckets[-1], int(val_index.object_counts().max()))
     canvases = training_canvases(cfg, envelope)
@@ -178,27 +236,44 @@ def _fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...]):
     collator = Collator(bundle.resize.mean, bundle.resize.std, canvases=canvases, buckets=buckets)
     val_collator = Collator(bundle.resize.mean, bundle.resize.std, canvases=canvases, buckets=buckets,
                             fill_to=cfg.batch_size if cfg.pad else None)
+    return Shapes(buckets, canvases, collator, val_collator, resized)
+
+
+def prepare_model(cfg: TrainConfig, bundle: ModelBundle) -> None:
+    """The model's training layout for the device (channels-last), and --compile."""
+    kind = device_type(cfg.device)
     for_training(bundle.model, kind, cfg.channels_last)
     say_if_slow_bf16(kind, cfg.autocast)
     if cfg.compile:
         torch._dynamo.reset()
         bundle.model.model.compile(dynamic=False)
-    data = DetectionData(train_index, val_index, bundle.resize, cfg.batch_size,
-                         0 if cfg.deterministic else cfg.num_workers, collator, val_collator, seed=cfg.seed,
-                         shuffle=True, drop_last=cfg.pad, pin_memory=torch.cuda.is_available(), augment=augment,
-                         shape_sampler=not canvases or len(canvases) > 1)  # not when one canvas fits all
-    if canvases:
-        pad_fraction = padded_pixel_fraction(resized, canvases)
-        print(f"canvases: {canvases}; padded pixels: {pad_fraction:.1%}")
+
+
+def detection_data(cfg: TrainConfig, bundle: ModelBundle, augment, shapes: Shapes, train_index,
+                   val_index) -> DetectionData:
+    """The train and validation loaders (single-process loading with --deterministic)."""
+    return DetectionData(train_index, val_index, bundle.resize, cfg.batch_size,
+                         0 if cfg.deterministic else cfg.num_workers, shapes.collator, shapes.val_collator,
+                         seed=cfg.seed, shuffle=True, drop_last=cfg.pad, pin_memory=torch.cuda.is_available(),
+                         augment=augment,
+                         shape_sampler=not shapes.canvases or len(shapes.canvases) > 1)  # not when one canvas fits all
+
+
+def report_padding(shapes: Shapes, data: DetectionData) -> float:
+    """Print and return the share of padded pixels the batches will carry."""
+    if shapes.canvases:
+        pad_fraction = padded_pixel_fraction(shapes.resized, shapes.canvases)
+        print(f"canvases: {shapes.canvases}; padded pixels: {pad_fraction:.1%}")
     else:  # each batch padded to its largest image: the batches of the first epoch tell
         first_epoch = [[i for i, _ in batch] for batch in data.train_dataloader().batch_sampler]
-        pad_fraction = batch_padding_fraction(resized, first_epoch)
+        pad_fraction = batch_padding_fraction(shapes.resized, first_epoch)
         print(f"batches of like shape, padded to their largest image; padded pixels: {pad_fraction:.1%}")
-    module = DetrModule(bundle, categories,
-                        OptimConfig(cfg.lr, cfg.lr_backbone, cfg.weight_decay, cfg.lr_schedule, cfg.warmup_steps),
-                        val_ground_truth=ground_truth(val_index.records, categories) if val_index else None,
-                        on_non_finite=cfg.on_non_finite)
+    return pad_fraction
 
+
+def training_callbacks(cfg: TrainConfig, out: Path, extra_callbacks) -> tuple[list[L.Callback], Throughput]:
+    """The recipe's callbacks, last.ckpt, the periodic checkpoints, throughput, step seeds and the
+    caller's; with the throughput callback, which the summary reads."""
     store = Path(cfg.ckpt_store_path).expanduser() if cfg.ckpt_store_path else out
     # last.ckpt after every epoch (save_last=True with save_top_k=0 writes it only when training ends,
     # so a crash would lose the whole run); each save replaces the previous one atomically
@@ -211,20 +286,30 @@ def _fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...]):
             every_n_epochs=cfg.ckpt_store_interval_epochs, enable_version_counter=False))
     throughput = Throughput()
     callbacks += [throughput, StepSeed(cfg.seed), *extra_callbacks]
-    keep_until = None
-    checkpoint_io = AtomicCheckpointIO()
-    if checkpoint is not None:
-        keep_until = resume_point(resume_from, checkpoint, module)  # a clear error if written for another model
-        if ("current_model_state" in checkpoint) != cfg.ema:  # WeightAveraging's layout: live weights kept apart
-            was = "without" if cfg.ema else "with"
-            raise UserError(f"--resume: {resume_from} was written {was} --ema; resume {was} --ema too, "
-                            f"or pick another --output-dir")
-        checkpoint_io = AtomicCheckpointIO(already_read=(resume_from, checkpoint))
-        del checkpoint
-        remove_stale_temporaries(out)
-        print(f"resuming from {resume_from} (epoch {keep_until[0]}, step {keep_until[1]})")
-    loggers = [ContinuingCSVLogger(out, keep_until=keep_until), *([tracker] if tracker else [])]
-    trainer = L.Trainer(
+    return callbacks, throughput
+
+
+def continue_from(cfg: TrainConfig, out: Path, resume_from: Path | None, checkpoint: dict | None,
+                  module: DetrModule) -> tuple[tuple[int, int] | None, AtomicCheckpointIO]:
+    """Where a resumed run's metrics.csv is kept up to (None: a new run) and the checkpoint IO, which
+    hands Lightning the checkpoint already read."""
+    if checkpoint is None:
+        return None, AtomicCheckpointIO()
+    keep_until = resume_point(resume_from, checkpoint, module)  # a clear error if written for another model
+    if ("current_model_state" in checkpoint) != cfg.ema:  # WeightAveraging's layout: live weights kept apart
+        was = "without" if cfg.ema else "with"
+        raise UserError(f"--resume: {resume_from} was written {was} --ema; resume {was} --ema too, "
+                        f"or pick another --output-dir")
+    checkpoint_io = AtomicCheckpointIO(already_read=(resume_from, checkpoint))
+    remove_stale_temporaries(out)
+    print(f"resuming from {resume_from} (epoch {keep_until[0]}, step {keep_until[1]})")
+    return keep_until, checkpoint_io
+
+
+def build_trainer(cfg: TrainConfig, device, bundle: ModelBundle, out: Path, callbacks, loggers,
+                  checkpoint_io: AtomicCheckpointIO) -> L.Trainer:
+    """The Lightning Trainer of the settings."""
+    return L.Trainer(
         accelerator=device.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=device.strategy,
         precision=device.precision,
         max_epochs=cfg.max_epochs if cfg.max_epochs > 0 else -1, max_steps=cfg.max_steps,
@@ -237,18 +322,31 @@ def _fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...]):
         default_root_dir=out, plugins=[checkpoint_io, *device.plugins],
         # trainable batch norm (random-init presets) sees the global batch on GPUs
         sync_batchnorm=(cfg.devices * cfg.num_nodes > 1 and not bundle.pretrained
-                        and kind == "cuda"),
+                        and device_type(cfg.device) == "cuda"),
     )
+
+
+def record_settings(cfg: TrainConfig, out: Path, trainer: L.Trainer, tracker) -> None:
+    """config.yaml in the output dir (rank 0), and the settings in the experiment tracker."""
     if trainer.is_global_zero:  # the Trainer knows its rank once built (torchrun, SLURM, its own launcher)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if tracker is not None:  # the run's settings beside its curves (Lightning logs them on rank 0 only)
         tracker.log_hyperparams(cfg.to_dict())
-    started = time.perf_counter()
+
+
+def fit_module(trainer: L.Trainer, module: DetrModule, data: DetectionData, resume_from: Path | None,
+               out: Path) -> None:
+    """Train; a non-finite loss under --on-non-finite error is a UserError."""
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     except NonFiniteLossError as e:
         raise UserError(f"{e}; the last good checkpoint is kept in {out}") from None
-    summary = {
+
+
+def run_summary(cfg: TrainConfig, trainer: L.Trainer, module: DetrModule, bundle: ModelBundle, augment,
+                shapes: Shapes, throughput: Throughput, started: float, train_index, val_index) -> dict:
+    """What the run did: final validation metrics, speed, shapes, resolution, data and recipe."""
+    return {
         **{k: float(v) for k, v in getattr(module, "last_val_metrics", {}).items() if k in METRIC_NAMES},
         "per_class": getattr(module, "last_val_metrics", {}).get("per_class", {}),
         "images_per_second": round(throughput.images_per_second, 3),
@@ -256,13 +354,13 @@ def _fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...]):
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "wall_seconds": round(time.perf_counter() - started, 1),
-        "buckets": buckets,
-        "canvases": canvases,
+        "buckets": shapes.buckets,
+        "canvases": shapes.canvases,
         "resize": [bundle.resize.shortest, bundle.resize.longest],
         "augment": dataclasses.asdict(augment),  # the preset with the knobs given, as trained
-        "padded_pixel_fraction": round(pad_fraction, 4),
-        "padded_pixel_fraction_square": round(padded_pixel_fraction(resized, pad_canvases(bundle.resize)), 4)
-        if canvases else None,
+        "padded_pixel_fraction": round(shapes.pad_fraction, 4),
+        "padded_pixel_fraction_square": round(padded_pixel_fraction(shapes.resized, pad_canvases(bundle.resize)), 4)
+        if shapes.canvases else None,
         "recompiles": compilations(module.model.model) if cfg.compile else None,
         "model": cfg.model if not cfg.use_ckpt else cfg.ckpt_path,
         "data": {"train": train_index.report.to_dict(),
@@ -270,22 +368,27 @@ def _fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...]):
         "skipped_non_finite_steps": module.skipped_steps,
         "ema": {"decay": cfg.ema_decay, "warmup_steps": cfg.ema_warmup_steps} if cfg.ema else None,
     }
-    if trainer.is_global_zero:
-        summary["best"] = None if cfg.train_only else best_summary(out, trainer)
-        if not cfg.train_only and cfg.max_inf_frames:
-            summary["predictions"] = sample_predictions(module, bundle.resize, categories, cfg, out, val_index)
-        plot_curves(out / "metrics.csv", out / "curves.png")
-        if val_index is not None and hasattr(module, "last_val_results"):  # the final validation, explained
-            from detr_ft.analysis import analyse
-            from detr_ft.analysis.bootstrap import default_resamples
 
-            summary = analyse(out, module.val_ground_truth, module.last_val_results, categories, summary,
-                              index=val_index,
-                              bootstrap=default_resamples(len(val_index)) if cfg.bootstrap is None else cfg.bootstrap,
-                              title="detr-ft train: final validation")
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    finish(tracker)
-    return trainer, module, summary
+
+def report_on_rank_zero(cfg: TrainConfig, out: Path, trainer: L.Trainer, module: DetrModule, resize, summary: dict,
+                        val_index) -> dict:
+    """Rank 0's files: best.ckpt's summary, sample predictions, curves.png, the final validation's
+    analysis (report.html) and metrics.json; the summary with them."""
+    categories = module.categories
+    summary["best"] = None if cfg.train_only else best_summary(out, trainer)
+    if not cfg.train_only and cfg.max_inf_frames:
+        summary["predictions"] = sample_predictions(module, resize, categories, cfg, out, val_index)
+    plot_curves(out / "metrics.csv", out / "curves.png")
+    if val_index is not None and hasattr(module, "last_val_results"):  # the final validation, explained
+        from detr_ft.analysis import analyse
+        from detr_ft.analysis.bootstrap import default_resamples
+
+        summary = analyse(out, module.val_ground_truth, module.last_val_results, categories, summary,
+                          index=val_index,
+                          bootstrap=default_resamples(len(val_index)) if cfg.bootstrap is None else cfg.bootstrap,
+                          title="detr-ft train: final validation")
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def sample_predictions(module: DetrModule, resize, categories, cfg: TrainConfig, out: Path, val_index) -> str:

@@ -27,8 +27,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
     before and after, and every timed step's seconds)."""
     from importlib.util import find_spec
 
-    from detr_ft.devices import inference_device, machine_facts
-    from detr_ft.model.speed import channels_last_helps
+    from detr_ft.devices import cpu_threads, inference_device
 
     if find_spec("pycocotools") is None:  # the stock path reads COCO files as the original did
         raise UserError("detr-ft bench runs the stock pipeline, which needs pycocotools: "
@@ -36,8 +35,15 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
     cfg = cfg.resolved()
     device = inference_device(cfg.device)
     quiet_progress_bars()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    with cpu_threads(cfg.threads):  # the caller's thread count back after
+        return _run_benchmarks(cfg, device, log)
+
+
+def _run_benchmarks(cfg: BenchConfig, device: torch.device, log: Callable[[str], None]):
+    """``run_bench``'s work, on the resolved ``cfg``'s ``device``."""
+    from detr_ft.devices import machine_facts
+    from detr_ft.model.speed import channels_last_helps
+
     if cfg.compile and device.type == "cpu":
         log("note: --compile on a CPU compiles with inductor's C++ back end; the first steps take minutes")
     env = {"before": machine_facts()}
