@@ -37,8 +37,9 @@ def available(presets):
 
 
 NEW_PRESETS = available(("conditional-detr-tiny", "rtdetr-tiny", "rtdetr-v2-tiny", "dfine-tiny", "deimv2-tiny",
-                         "deformable-detr-tiny", "dab-detr-tiny"))
+                         "deformable-detr-tiny", "dab-detr-tiny", "lwdetr-tiny", "rfdetr-tiny"))
 RTDETR_LINE = available(("rtdetr-tiny", "rtdetr-v2-tiny", "dfine-tiny", "deimv2-tiny"))  # transformers' loss, denoising
+GROUP_DETR_LINE = available(("lwdetr-tiny", "rfdetr-tiny"))  # transformers' loss, Group-DETR query groups
 
 
 def images(batch_size: int, height: int, width: int, real_widths=None, seed: int = 0):
@@ -267,6 +268,89 @@ def test_rtdetr_boxes_are_in_the_real_image_frame_on_any_canvas(preset):
     finally:
         handle.remove()
     torch.testing.assert_close(seen["labels"][1]["boxes"], target_box * torch.tensor([40 / 96, 1.0, 40 / 96, 1.0]))
+
+
+# --- LW-DETR, RF-DETR -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", GROUP_DETR_LINE)
+def test_group_detr_loss_strips_the_padded_object_slots_before_transformers_loss(preset):
+    """Same loss and gradients as transformers' own LW-DETR loss given the real objects only, with object
+    slots padded or not, real objects first or scattered (every query group and the encoder included)."""
+    model = build_model(preset, LABELS).model.train()
+    pixel_values, pixel_mask = images(3, 128, 128)
+    counts = [2, 0, 3]
+    params = [p for p in model.parameters() if p.requires_grad]
+    labels, boxes, valid = padded_targets(counts, 3, 3)
+    targets = [{"class_labels": labels[i][valid[i]], "boxes": boxes[i][valid[i]]} for i in range(3)]
+    ref = model(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=targets)
+    ref_grads = torch.autograd.grad(ref.loss, params, allow_unused=True)
+    assert ref.logits.shape[1] == model.config.group_detr * model.config.num_queries  # every group took part
+    assert {"loss_ce_enc", f"loss_giou_{model.config.decoder_layers - 2}"} <= set(ref.loss_dict)
+
+    for pad_to, shuffle in [(3, False), (6, False), (6, True)]:
+        batch = make_batch(pixel_values, pixel_mask, *padded_targets(counts, pad_to, 3, shuffle=shuffle))
+        out, losses = transformers_loss(model, batch)
+        grads = torch.autograd.grad(losses["loss"], params, allow_unused=True)
+        torch.testing.assert_close(losses["loss"], ref.loss)
+        for key in ("loss_ce", "loss_bbox", "loss_giou"):
+            torch.testing.assert_close(losses[key], ref.loss_dict[key])
+        torch.testing.assert_close(out.logits, ref.logits[:, :model.config.num_queries])  # the first group
+        for g, r in zip(grads, ref_grads):
+            assert (g is None) == (r is None)
+            if g is not None:
+                torch.testing.assert_close(g, r)
+
+
+@pytest.mark.parametrize("preset", GROUP_DETR_LINE)
+def test_group_detr_batch_without_objects_trains_and_eval_loss_matches_one_group(preset):
+    """No object in the batch: a finite loss and gradients. In eval (one query group) the loss is
+    transformers' with ``group_detr`` 1, not its training-mode criterion's 3 groups over 1."""
+    model = build_model(preset, LABELS).model.train()
+    batch = make_batch(*images(2, 128, 128), *padded_targets([0, 0], 2, 3))
+    _, losses = transformers_loss(model, batch)
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+    model.eval()
+    pixel_values, pixel_mask = images(2, 128, 128)
+    labels, boxes, valid = padded_targets([2, 1], 2, 3)
+    targets = [{"class_labels": labels[i][valid[i]], "boxes": boxes[i][valid[i]]} for i in range(2)]
+    with torch.no_grad():
+        _, losses = transformers_loss(model, make_batch(pixel_values, pixel_mask, labels, boxes, valid))
+        groups = model.config.group_detr
+        model.config.group_detr = 1
+        ref = model(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=targets)
+        model.config.group_detr = groups
+    assert model.config.group_detr == groups == 3
+    torch.testing.assert_close(losses["loss"], ref.loss)
+
+
+@pytest.mark.parametrize("preset", GROUP_DETR_LINE)
+def test_group_detr_directory_trains_its_whole_backbone(preset, tmp_path):
+    """A pretrained LW-DETR / RF-DETR directory trains its whole ViT and projector (as their originals):
+    the ResNet rule (stem and first stage frozen) would freeze the projector's ``conv1``."""
+    build_model(preset, {i: str(i) for i in range(5)}).model.save_pretrained(tmp_path)
+    bundle = build_model(str(tmp_path), LABELS)
+    assert bundle.pretrained and bundle.model.config.num_labels == 3
+    assert all(p.requires_grad for p in backbone_module(bundle.model).parameters())
+
+
+@pytest.mark.parametrize("preset", GROUP_DETR_LINE)
+def test_group_detr_canvas_is_padded_to_what_its_windowed_vit_reads(preset):
+    """An 80 x 112 batch (sides not multiples of patch 16 x 2 windows): detr-ft pads the canvas, masked
+    out, to the windows' multiple (LW-DETR: 96 x 128; RF-DETR, whose windows assume a square grid: 128 x 128)
+    and gives transformers' predictions on that canvas."""
+    model = build_model(preset, LABELS).model.eval()
+    pixel_values, pixel_mask = images(2, 80, 112, real_widths=[112, 70])
+    pad = (0, 16, 0, 48) if preset == "rfdetr-tiny" else (0, 16, 0, 16)  # (left, right, top, bottom)
+    with torch.no_grad():
+        ours = detection_outputs(model, pixel_values, pixel_mask)
+        theirs = model(pixel_values=torch.nn.functional.pad(pixel_values, pad),
+                       pixel_mask=torch.nn.functional.pad(pixel_mask, pad))
+    torch.testing.assert_close(ours.logits, theirs.logits)
+    torch.testing.assert_close(ours.boxes, theirs.pred_boxes)
 
 
 # --- post-processing ----------------------------------------------------------------

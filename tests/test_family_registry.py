@@ -85,12 +85,14 @@ def test_criterion_is_the_familys_transformers_loss_and_padding_changes_nothing(
                 torch.testing.assert_close(g, r, atol=1e-6, rtol=0)
 
 
-def test_a_family_this_transformers_lacks_is_one_line_naming_the_version(monkeypatch):
+@pytest.mark.parametrize("family,preset", [("deimv2", "deimv2-tiny"), ("lw_detr", "lwdetr-tiny"),
+                                           ("rf_detr", "rfdetr-tiny")])
+def test_a_family_this_transformers_lacks_is_one_line_naming_the_version(family, preset, monkeypatch):
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
-    monkeypatch.delitem(CONFIG_MAPPING_NAMES, "deimv2", raising=False)  # as in transformers 4.57
-    with pytest.raises(UserError, match=r"--model deimv2-tiny: the deimv2 family needs transformers 5.18 or newer"):
-        build_model("deimv2-tiny", LABELS)
+    monkeypatch.delitem(CONFIG_MAPPING_NAMES, family, raising=False)  # as in transformers 4.57
+    with pytest.raises(UserError, match=rf"--model {preset}: the {family} family needs transformers 5.18 or newer"):
+        build_model(preset, LABELS)
 
 
 # --- an unsupported detector -----------------------------------------------------------
@@ -123,16 +125,27 @@ def test_unsupported_detector_is_one_line_exit_2(yolos_dir, synthetic_dir, tmp_p
 
 def family_processor(family):
     """The family's own transformers image processor (its defaults), at a small size: fixed height x
-    width for the RT-DETR line (aspect ratio not kept, no normalisation), shortest/longest edges and
+    width for the RT-DETR line (aspect ratio not kept, no normalisation) and the preset's square for a
+    family whose preset has one (LW-DETR, RF-DETR: ImageNet statistics), shortest/longest edges and
     ImageNet statistics for the DETR line."""
     import transformers
 
     cls = getattr(transformers, family.processor + "Pil", None) or getattr(transformers, family.processor)
-    processor = cls()
-    default = processor.size
-    fixed = not (default.get("shortest_edge") if isinstance(default, dict) else getattr(default, "shortest_edge", None))
-    size = {"height": 96, "width": 128} if fixed else {"shortest_edge": 96, "longest_edge": 160}
+    if family.resize.fixed is not None:  # a windowed ViT: square multiples of patch x windows
+        return cls(size={"height": family.resize.fixed[0], "width": family.resize.fixed[1]})
+    size = {"height": 96, "width": 128} if fixed_processor(family) else {"shortest_edge": 96, "longest_edge": 160}
     return cls(size=size)
+
+
+def fixed_processor(family) -> bool:
+    """Whether the family's directories resize to a fixed height x width: where its processor's default
+    does (the RT-DETR line) or its preset does (LW-DETR, RF-DETR)."""
+    import transformers
+
+    cls = getattr(transformers, family.processor + "Pil", None) or getattr(transformers, family.processor)
+    default = cls().size
+    edges = default.get("shortest_edge") if isinstance(default, dict) else getattr(default, "shortest_edge", None)
+    return family.resize.fixed is not None or not edges
 
 
 def test_resize_follows_the_processor_config(tmp_path):
@@ -193,7 +206,7 @@ def test_detector_on_a_directory_gives_the_pipelines_detections(family, aspect_i
 
     model_dir = perturbed_model_dir(family, tmp_path / "model")
     detector = Detector.load(model_dir, device="cpu")
-    assert (detector.resize.fixed is not None) == (family.processor == "RTDetrImageProcessor")
+    assert (detector.resize.fixed is not None) == fixed_processor(family)
     ours = detector.predict(aspect_images, threshold=0.0, batch_size=1)
     theirs = pipeline_detections(model_dir, aspect_images, threshold=0.0)
     for path, a, b in zip(aspect_images, ours, theirs):

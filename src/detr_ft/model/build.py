@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from detr_ft.errors import UserError, first_line
-from detr_ft.model.families import FAMILIES, family_named, family_of_preset
+from detr_ft.model.families import FAMILIES, family_named, family_of, family_of_preset
 from detr_ft.types import UNNORMALISED, ResizeSpec
 
 # Revision of facebook/detr-resnet-50 whose backbone is a transformers ResNet, so timm is not needed.
@@ -189,13 +189,16 @@ def set_backbone_trainable(model: nn.Module, pretrained: bool) -> None:
 
     transformers (4.57 and 5.x) means to do this but matches ``stage.1`` against
     parameter names that read ``stages.1`` and so freezes the whole ResNet. A
-    randomly initialised backbone has nothing to keep: it is trained entirely.
+    randomly initialised backbone has nothing to keep: it is trained entirely, as is the ViT of a
+    family that does not freeze a ResNet stem (LW-DETR, RF-DETR: the rule's ``conv1`` would hit their
+    projector).
     """
     backbone = backbone_module(model)
     if backbone is None:
         return
+    whole = not pretrained or not family_of(model).freezes_resnet_stem
     for name, p in backbone.named_parameters():
-        if not pretrained:
+        if whole:
             p.requires_grad_(True)
         elif "embedder" in name or "stages.0." in name or "conv1" in name or "bn1" in name or "layer1." in name:
             p.requires_grad_(False)  # stem (transformers' embedder / timm's conv1, bn1) and first stage

@@ -8,7 +8,9 @@ preset uses. Adding a family is one entry here (plus its preset in
 Losses:
   "softmax":      detr-ft's criterion, cross-entropy over C + 1 logits (the last: no object);
   "focal":        detr-ft's criterion, sigmoid focal loss over C logits;
-  "transformers": transformers' own loss (varifocal + denoising queries), fed the real objects only.
+  "transformers": transformers' own loss, fed the real objects only: the RT-DETR line's (varifocal or
+                  matching-aware + denoising queries), LW-DETR's and RF-DETR's (IoU-aware sigmoid BCE
+                  over Group-DETR query groups and the encoder's proposals).
 Padded targets reach detr-ft's criterion (which ignores them); a transformers loss never sees them.
 
 Scoring (post-processing): "softmax" (best real class per query) or "sigmoid" (top-k over
@@ -47,6 +49,9 @@ class Family:
     processor: str
     loss_forward: Callable | None = None
     needs_transformers: str | None = None  # a version that has the family, where 4.57 lacks it
+    # pretrained: a ResNet's stem and first stage stay frozen (the original DETR); False: the whole
+    # backbone trains (LW-DETR's and RF-DETR's ViTs, as their originals fine-tune them)
+    freezes_resnet_stem: bool = True
 
     def require_available(self, what: str) -> None:
         """A ``UserError`` naming the transformers version the family needs, where the installed one lacks it."""
@@ -84,6 +89,14 @@ FAMILIES: tuple[Family, ...] = (
     Family("deimv2", "transformers", "sigmoid", outputs.rtdetr_outputs, "deimv2-tiny", presets.deimv2_tiny,
            ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", loss_forward=outputs.rtdetr_forward,
            needs_transformers="5.18"),
+    # windowed-ViT backbones: a fixed square size (a multiple of patch x windows, as their originals);
+    # Deformable DETR's processor is LW-DETR's own, and does RF-DETR's (whose own needs torchvision)
+    Family("lw_detr", "transformers", "sigmoid", outputs.group_detr_outputs, "lwdetr-tiny", presets.lwdetr_tiny,
+           ResizeSpec.fixed_size(128, 128), "DeformableDetrImageProcessor", loss_forward=outputs.group_detr_forward,
+           needs_transformers="5.18", freezes_resnet_stem=False),
+    Family("rf_detr", "transformers", "sigmoid", outputs.group_detr_outputs, "rfdetr-tiny", presets.rfdetr_tiny,
+           ResizeSpec.fixed_size(128, 128), "DeformableDetrImageProcessor", loss_forward=outputs.group_detr_forward,
+           needs_transformers="5.18", freezes_resnet_stem=False),
 )
 
 SUPPORTED_FAMILIES = tuple(f.model_type for f in FAMILIES)

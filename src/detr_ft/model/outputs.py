@@ -17,11 +17,15 @@
 - ``rtdetr_outputs`` / ``rtdetr_forward`` (the RT-DETR line: RT-DETR, RT-DETRv2,
   D-FINE, DEIMv2): transformers' own model and loss, fed the real objects only; they
   need them in their forward for the denoising queries. logits have C entries.
+- ``group_detr_outputs`` / ``group_detr_forward`` (LW-DETR, RF-DETR): transformers' own
+  model and loss (Group DETR query groups in training), fed the real objects only, on a
+  canvas padded to what their windowed ViT backbones read. logits have C entries.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -198,3 +202,71 @@ def transformers_loss(model: nn.Module, batch) -> tuple[DetectionOutputs, dict[s
     if family.loss_forward is None:
         raise ValueError(f"transformers_loss: no transformers loss path for {family.model_type}")
     return family.loss_forward(model, batch.pixel_values, batch.pixel_mask, batch.targets())
+
+
+# --- the Group-DETR line (LW-DETR, RF-DETR) --------------------------------------------------------------------------
+
+
+def _window_canvas(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor):
+    """Pad the canvas (bottom and right, masked out) to a size the family's windowed ViT reads as images.
+
+    LW-DETR splits the patch grid into ``num_windows_side`` x ``num_windows_side`` windows: height and
+    width must be multiples of patch x side. RF-DETR splits it into ``num_windows`` x ``num_windows``
+    windows ordered as if the grid were square (as the original, which only runs square images): on any
+    other grid its windows mix rows and columns without an error, so its canvas is a square whose side
+    is a multiple of patch x windows. One window: any size (nothing padded, as transformers' own
+    processors feed it). Both read ``pixel_mask`` (valid ratios): boxes stay in the real image's frame.
+    """
+    backbone = model.config.backbone_config
+    square = not hasattr(backbone, "num_windows_side")  # RF-DETR's DINOv2: num_windows per side
+    side = backbone.num_windows if square else backbone.num_windows_side
+    if side <= 1:
+        return pixel_values, pixel_mask
+    patch = backbone.patch_size if isinstance(backbone.patch_size, int) else max(backbone.patch_size)
+    step = patch * side
+    height, width = pixel_values.shape[-2:]
+    new_h, new_w = math.ceil(height / step) * step, math.ceil(width / step) * step
+    if square:
+        new_h = new_w = max(new_h, new_w)
+    if (new_h, new_w) != (height, width):
+        pixel_values = F.pad(pixel_values, (0, new_w - width, 0, new_h - height))
+        pixel_mask = F.pad(pixel_mask, (0, new_w - width, 0, new_h - height))
+    return pixel_values, pixel_mask
+
+
+@contextmanager
+def _one_group_outside_training(model: nn.Module):
+    """transformers' LW-DETR loss builds its criterion in training mode, so it matches ``group_detr``
+    query groups even on an eval forward, which runs one: there the loss reads ``group_detr`` 1."""
+    groups = model.config.group_detr
+    if not model.training:
+        model.config.group_detr = 1
+    try:
+        yield
+    finally:
+        model.config.group_detr = groups
+
+
+def group_detr_outputs(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor,
+                       with_aux: bool = True) -> DetectionOutputs:
+    """LW-DETR / RF-DETR: ``group_detr_forward`` without targets (no aux: transformers' loss reads them)."""
+    return group_detr_forward(model, pixel_values, pixel_mask)[0]
+
+
+def group_detr_forward(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, targets=None):
+    """(predictions of the first Q queries, transformers' losses or None) of LW-DETR / RF-DETR.
+
+    ``targets`` as ``rtdetr_forward``'s: the real objects only, boxes in the real image's frame. In
+    training the model runs ``group_detr`` groups of Q queries (Group DETR), each matched to the
+    objects on its own by its loss (IoU-aware sigmoid BCE, L1 and GIoU, on every decoder layer and
+    the encoder's proposals); the first group is the one inference runs.
+    """
+    pixel_values, pixel_mask = _window_canvas(model, pixel_values, pixel_mask)
+    labels = None
+    if targets is not None:
+        labels = [{"class_labels": t["class_labels"], "boxes": t["boxes"].to(pixel_values.dtype)} for t in targets]
+    with _one_group_outside_training(model):
+        out = model(pixel_values=model_pixels(model, pixel_values), pixel_mask=pixel_mask, labels=labels)
+    queries = model.config.num_queries
+    losses = None if targets is None else {"loss": out.loss, **out.loss_dict}
+    return DetectionOutputs(out.logits[:, :queries], out.pred_boxes[:, :queries], []), losses

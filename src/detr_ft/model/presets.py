@@ -111,3 +111,37 @@ def deimv2_tiny(num_labels: int):
     from transformers import Deimv2Config
 
     return Deimv2Config(**_rtdetr_line_kwargs(num_labels))
+
+
+def _group_detr_kwargs(num_labels: int) -> dict:
+    """What LW-DETR and RF-DETR share in their tiny presets: a 128-wide projector and decoder of 3 layers,
+    20 queries (at most the 64 encoder tokens of a 128 x 128 image at stride 16), 3 Group-DETR query
+    groups in training (the originals: 13), one C2F block, no dropout."""
+    return dict(d_model=128, decoder_layers=3, decoder_self_attention_heads=4, decoder_cross_attention_heads=4,
+                decoder_ffn_dim=256, num_queries=20, group_detr=3, c2f_num_blocks=1, dropout=0.0,
+                num_labels=num_labels)
+
+
+def lwdetr_tiny(num_labels: int):
+    """LW-DETR: a 4-layer ViT (patch 16, 2 x 2 windows in layers 1 and 3, global attention in 2 and 4)
+    whose layers 2 and 4 feed one projector level at stride 16.
+
+    ``projector_scale_factors`` is given: transformers 5.18's ``LwDetrConfig()`` default leaves it
+    empty, and then the forward has no feature level (``torch.cat(): expected a non-empty list``)."""
+    from transformers import LwDetrConfig, LwDetrViTConfig
+
+    backbone = LwDetrViTConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2,
+                               image_size=128, pretrain_image_size=128, patch_size=16, num_windows=4,
+                               window_block_indices=[0, 2], out_indices=[2, 4])
+    return LwDetrConfig(backbone_config=backbone, projector_scale_factors=[1.0], **_group_detr_kwargs(num_labels))
+
+
+def rfdetr_tiny(num_labels: int):
+    """RF-DETR: a 4-layer DINOv2 ViT (patch 16, 2 x 2 windows; transformers windows the layers whose
+    0-based index is no output index: layers 1, 2 and 4 attend within windows, layer 3 globally) whose
+    layers 2 and 4 feed one projector level at stride 16."""
+    from transformers import RfDetrConfig, RfDetrDinov2Config
+
+    backbone = RfDetrDinov2Config(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2,
+                                  image_size=128, patch_size=16, num_windows=2, out_features=["stage2", "stage4"])
+    return RfDetrConfig(backbone_config=backbone, **_group_detr_kwargs(num_labels))
