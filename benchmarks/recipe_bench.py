@@ -45,19 +45,17 @@ BASE_ARGS = ("--model rtdetr-tiny --max-epochs 1000 --batch-size 8 --num-workers
              "--lr 1e-3 --lr-backbone 1e-3 --lr-schedule cosine --warmup-steps 100 --grad-clip 1.0 "
              "--max-inf-frames 0 --seed 0")
 
-# Issue 20's comparison: today's recipe, each addition alone, the full recipe. Flags that are not on
-# this branch yet make their configuration report "flag not available". "today" relies on today's
-# defaults (horizontal flip 0.5, no EMA, the preset's resolution): once the new recipe changes the
-# defaults, pin it with the old values (e.g. "--augment flip --no-ema").
+# Issue 20's comparison (README, "Training recipe"): the recipe before it, each addition alone, the
+# full recipe, every setting pinned (the defaults may change). Flags a branch lacks make their
+# configuration report "flag not available".
 DEFAULT_CONFIGS: dict[str, str] = {
-    "today": "",
-    "no-flip": "--hflip 0",
-    "augment-detr": "--augment detr",
-    "augment-strong": "--augment strong",
-    "image-size-160": "--image-size 160 256",
-    "ema": "--ema",
-    "schedule-step": "--lr-schedule step",
-    "full": "--augment detr --image-size 160 256 --ema",
+    "today": "--augment flip --no-ema",
+    "no-flip": "--augment none --no-ema",
+    "image-size-160": "--augment flip --no-ema --image-size 160 256",
+    "augment-detr": "--augment detr --no-ema",
+    "augment-strong": "--augment strong --no-ema",
+    "ema": "--augment flip --ema",
+    "full": "--augment strong --ema",
 }
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")

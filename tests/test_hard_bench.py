@@ -118,7 +118,7 @@ def test_config_options_and_files(tmp_path):
     assert chosen == {"size": ["--image-size", "128"], "both": ["--ema", "--hflip", "0"], "today": [],
                       "ema": ["--ema"]}
     defaults = recipe_bench.select_configs([], [], "today,full")
-    assert list(defaults) == ["today", "full"] and defaults["today"] == []
+    assert list(defaults) == ["today", "full"] and defaults["today"] == ["--augment", "flip", "--no-ema"]
     assert len(recipe_bench.select_configs([], [], None)) == len(recipe_bench.DEFAULT_CONFIGS)
     (tmp_path / "bad.json").write_text("[1, 2]")
     for options, files, only in (([], [tmp_path / "bad.json"], None), ([], [tmp_path / "missing.yaml"], None),
