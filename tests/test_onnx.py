@@ -27,7 +27,7 @@ pytest.importorskip("onnxruntime")
 
 # deformable-detr-tiny: ONNX Runtime has no 5-D GridSample (one line, tested below)
 PRESETS = available(("detr-tiny", "conditional-detr-tiny", "rtdetr-tiny", "rtdetr-v2-tiny", "dfine-tiny", "deimv2-tiny",
-                     "dab-detr-tiny"))
+                     "dab-detr-tiny", "lwdetr-tiny", "rfdetr-tiny"))
 # (height, width): portrait, landscape, square, odd
 # RT-DETR line: noise on the encoder's weights, else its output is flat and its top-k query selection
 # all ties; D-FINE's and DEIMv2's forward gives NaN in PyTorch (not in ONNX Runtime) at RT-DETR's 0.3
