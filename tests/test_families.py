@@ -223,20 +223,30 @@ def test_rtdetr_loss_strips_the_padded_object_slots_before_transformers_loss(pre
             torch.testing.assert_close(losses[key], ref.loss_dict[key])
         class_loss = "loss_mal" if preset == "deimv2-tiny" else "loss_vfl"  # DEIMv2: matching-aware, else varifocal
         torch.testing.assert_close(losses["loss_ce"], ref.loss_dict[class_loss])
-        for g, r in zip(grads, ref_grads):
-            assert (g is None) == (r is None)
-            if g is not None:
-                torch.testing.assert_close(g, r)
+        assert_same_gradients(grads, ref_grads)
+
+
+def assert_same_gradients(grads, ref_grads) -> None:
+    """The same parameters reached, with the same gradients."""
+    for g, r in zip(grads, ref_grads):
+        assert (g is None) == (r is None)
+        if g is not None:
+            torch.testing.assert_close(g, r)
+
+
+def assert_trains_on(model, batch) -> None:
+    """transformers' loss on ``batch`` is finite and gives finite gradients."""
+    _, losses = transformers_loss(model, batch)
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 @pytest.mark.parametrize("preset", RTDETR_LINE)
 def test_rtdetr_batch_without_objects_trains(preset):
     model = build_model(preset, LABELS).model.train()
     batch = make_batch(*images(2, 64, 64), *padded_targets([0, 0], 2, 3))
-    _, losses = transformers_loss(model, batch)
-    assert torch.isfinite(losses["loss"])
-    losses["loss"].backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert_trains_on(model, batch)
 
 
 @pytest.mark.parametrize("preset", RTDETR_LINE)
@@ -296,10 +306,7 @@ def test_group_detr_loss_strips_the_padded_object_slots_before_transformers_loss
         for key in ("loss_ce", "loss_bbox", "loss_giou"):
             torch.testing.assert_close(losses[key], ref.loss_dict[key])
         torch.testing.assert_close(out.logits, ref.logits[:, :model.config.num_queries])  # the first group
-        for g, r in zip(grads, ref_grads):
-            assert (g is None) == (r is None)
-            if g is not None:
-                torch.testing.assert_close(g, r)
+        assert_same_gradients(grads, ref_grads)
 
 
 @pytest.mark.parametrize("preset", GROUP_DETR_LINE)
@@ -308,10 +315,7 @@ def test_group_detr_batch_without_objects_trains_and_eval_loss_matches_one_group
     transformers' with ``group_detr`` 1, not its training-mode criterion's 3 groups over 1."""
     model = build_model(preset, LABELS).model.train()
     batch = make_batch(*images(2, 128, 128), *padded_targets([0, 0], 2, 3))
-    _, losses = transformers_loss(model, batch)
-    assert torch.isfinite(losses["loss"])
-    losses["loss"].backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert_trains_on(model, batch)
 
     model.eval()
     pixel_values, pixel_mask = images(2, 128, 128)

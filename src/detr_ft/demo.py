@@ -108,7 +108,8 @@ def run_demo(out_dir: Path, minutes: float = 10.0) -> dict:
         "machine": {**machine_before, "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         "recipe": {"model": DEMO_MODEL, "data": {**asdict(DEMO_SPEC), "train": DEMO_TRAIN_IMAGES,
                                                   "val": DEMO_VAL_IMAGES},
-                   "train": demo_train_config(data_dir, out_dir / "train", train_minutes).to_dict()},
+                   "train": demo_train_config(data_dir, out_dir / "train",
+                                              train_minutes).with_recipe_defaults().to_dict()},  # as trained
     }
     (out_dir / "demo.json").write_text(json.dumps(result, indent=2))
     print(f"\ndetr-ft demo finished in {total_with_predict:.1f} minutes "

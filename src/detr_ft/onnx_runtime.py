@@ -72,7 +72,7 @@ def read_info(metadata: dict[str, str], path: Path) -> OnnxInfo:
             family=json.loads(metadata[METADATA_FAMILY]),
             categories=Categories.from_dict(json.loads(metadata[METADATA_CATEGORIES])),
             resize=ResizeSpec(int(resize["shortest"]), int(resize["longest"]), tuple(resize["mean"]),
-                              tuple(resize["std"])),
+                              tuple(resize["std"]), fixed=tuple(resize["fixed"]) if resize.get("fixed") else None),
             canvas=tuple(int(v) for v in json.loads(metadata[METADATA_CANVAS])),
             batch_size=json.loads(metadata[METADATA_BATCH]),
             thresholds={int(k): float(v) for k, v in thresholds.items()} if thresholds else None,

@@ -77,7 +77,10 @@ def training_canvases(cfg: TrainConfig, resize) -> list[tuple[int, int]] | None:
 def largest_sizes(records, envelope, geometric: bool) -> list[tuple[int, int]]:
     """The largest (height, width) training can give each record's image: resized at the envelope's
     scale, or, when crops or zoom-outs change the aspect (``geometric``), the envelope's bound
-    for the record's orientation (short x long or long x short; a square image may give either)."""
+    for the record's orientation (short x long or long x short; a square image may give either).
+    A fixed-size rule gives every image its size, crops and zoom-outs included."""
+    if envelope.fixed is not None:
+        return [envelope.fixed] * len(records)
     if not geometric:
         return [envelope.output_size(r.height, r.width) for r in records]
     short, long = envelope.shortest, envelope.longest
