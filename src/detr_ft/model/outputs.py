@@ -137,6 +137,18 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 # --- the RT-DETR line (RT-DETR, RT-DETRv2, D-FINE) ---------------------------------------------------------------------
 
 
+def _round_up(n: int, step: int) -> int:
+    return math.ceil(n / step) * step
+
+
+def _pad_to(pixel_values: torch.Tensor, pixel_mask: torch.Tensor, height: int, width: int):
+    """The canvas padded at the bottom and right to ``height`` x ``width`` (padding masked out)."""
+    pad = (0, width - pixel_values.shape[-1], 0, height - pixel_values.shape[-2])
+    if not any(pad):
+        return pixel_values, pixel_mask
+    return F.pad(pixel_values, pad), F.pad(pixel_mask, pad)
+
+
 def _rtdetr_canvas(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor):
     """Pad to a multiple of RT-DETR's largest stride (its feature pyramid needs it).
 
@@ -147,10 +159,7 @@ def _rtdetr_canvas(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: tor
     """
     stride = max(getattr(model.config, "feat_strides", None) or [32])
     height, width = pixel_values.shape[-2:]
-    pad_h, pad_w = math.ceil(height / stride) * stride - height, math.ceil(width / stride) * stride - width
-    if pad_h or pad_w:
-        pixel_values = F.pad(pixel_values, (0, pad_w, 0, pad_h))
-        pixel_mask = F.pad(pixel_mask, (0, pad_w, 0, pad_h))
+    pixel_values, pixel_mask = _pad_to(pixel_values, pixel_mask, _round_up(height, stride), _round_up(width, stride))
     mask = pixel_mask.bool()
     real_h = mask.any(2).sum(1).clamp(min=1).to(pixel_values.dtype)  # [B]
     real_w = mask.any(1).sum(1).clamp(min=1).to(pixel_values.dtype)
@@ -225,13 +234,10 @@ def _window_canvas(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: tor
     patch = backbone.patch_size if isinstance(backbone.patch_size, int) else max(backbone.patch_size)
     step = patch * side
     height, width = pixel_values.shape[-2:]
-    new_h, new_w = math.ceil(height / step) * step, math.ceil(width / step) * step
+    new_h, new_w = _round_up(height, step), _round_up(width, step)
     if square:
         new_h = new_w = max(new_h, new_w)
-    if (new_h, new_w) != (height, width):
-        pixel_values = F.pad(pixel_values, (0, new_w - width, 0, new_h - height))
-        pixel_mask = F.pad(pixel_mask, (0, new_w - width, 0, new_h - height))
-    return pixel_values, pixel_mask
+    return _pad_to(pixel_values, pixel_mask, new_h, new_w)
 
 
 @contextmanager
