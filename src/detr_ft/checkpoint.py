@@ -108,5 +108,5 @@ def model_from_checkpoint(path: Path, ckpt: dict | None = None):
         raise UserError(f"checkpoint {path} does not match its own model description "
                         f"({len(missing)} missing weights, e.g. {missing[0]})")
     model.eval()
-    resize = ResizeSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["resize"].items()})
+    resize = ResizeSpec.from_dict(info["resize"])
     return model, resize, Categories.from_dict(info["categories"]), info.get("family", config.model_type)

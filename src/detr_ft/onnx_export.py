@@ -27,6 +27,7 @@ import json
 import logging
 import re
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 from detr_ft.errors import UserError, first_line
@@ -41,7 +42,7 @@ OUTPUTS = ("logits", "boxes")
 METADATA_VERSION = "detr_ft_onnx_version"
 METADATA_FAMILY = "detr_ft_family"
 METADATA_CATEGORIES = "detr_ft_categories"      # {"ids": [...], "names": [...]}
-METADATA_RESIZE = "detr_ft_resize"              # {"shortest", "longest", "mean", "std", "fixed": [H, W] or null}
+METADATA_RESIZE = "detr_ft_resize"              # asdict(ResizeSpec): shortest, longest, mean, std, fixed
 METADATA_CANVAS = "detr_ft_canvas"              # [H, W]
 METADATA_BATCH = "detr_ft_batch_size"           # an int, or null for a dynamic batch axis
 METADATA_THRESHOLDS = "detr_ft_thresholds"      # {category_id: score threshold} or null
@@ -55,9 +56,7 @@ def onnx_metadata(categories: Categories, resize: ResizeSpec, family: str, canva
         METADATA_VERSION: json.dumps(FORMAT_VERSION),
         METADATA_FAMILY: json.dumps(family),
         METADATA_CATEGORIES: json.dumps(categories.to_dict()),
-        METADATA_RESIZE: json.dumps({"shortest": resize.shortest, "longest": resize.longest,
-                                     "mean": list(resize.mean), "std": list(resize.std),
-                                     "fixed": list(resize.fixed) if resize.fixed else None}),
+        METADATA_RESIZE: json.dumps(asdict(resize)),
         METADATA_CANVAS: json.dumps(list(canvas)),
         METADATA_BATCH: json.dumps(batch_size),
         METADATA_THRESHOLDS: json.dumps({str(k): float(v) for k, v in thresholds.items()} if thresholds else None),

@@ -66,13 +66,12 @@ class OnnxInfo:
 def read_info(metadata: dict[str, str], path: Path) -> OnnxInfo:
     """``OnnxInfo`` from a session's custom metadata; one line naming what is missing or wrong."""
     try:
-        resize = json.loads(metadata[METADATA_RESIZE])
+        resize = json.loads(metadata[METADATA_RESIZE])  # asdict(ResizeSpec)
         thresholds = json.loads(metadata.get(METADATA_THRESHOLDS, "null"))
         return OnnxInfo(
             family=json.loads(metadata[METADATA_FAMILY]),
             categories=Categories.from_dict(json.loads(metadata[METADATA_CATEGORIES])),
-            resize=ResizeSpec(int(resize["shortest"]), int(resize["longest"]), tuple(resize["mean"]),
-                              tuple(resize["std"]), fixed=tuple(resize["fixed"]) if resize.get("fixed") else None),
+            resize=ResizeSpec.from_dict(resize),
             canvas=tuple(int(v) for v in json.loads(metadata[METADATA_CANVAS])),
             batch_size=json.loads(metadata[METADATA_BATCH]),
             thresholds={int(k): float(v) for k, v in thresholds.items()} if thresholds else None,

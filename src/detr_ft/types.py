@@ -148,6 +148,12 @@ class ResizeSpec:
     fixed: tuple[int, int] | None = None
 
     @classmethod
+    def from_dict(cls, d: dict) -> "ResizeSpec":
+        """From ``asdict(spec)`` after a JSON or checkpoint round trip (lists back to tuples; a missing
+        ``fixed``, as files written before it was recorded, is None)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    @classmethod
     def fixed_size(cls, height: int, width: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> "ResizeSpec":
         """Every image to ``height`` x ``width`` (a static canvas)."""
         return cls(min(height, width), max(height, width), tuple(mean), tuple(std), fixed=(int(height), int(width)))
