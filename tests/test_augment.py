@@ -314,15 +314,18 @@ def test_canvas_check_names_the_real_sizes():
 
     from detr_ft.config import TrainConfig
     from detr_ft.errors import UserError
-    from detr_ft.train import training_canvases, check_canvases, largest_sizes
+    from detr_ft.data.padding import pad_canvases
+    from detr_ft.data.shape_plan import check_canvases, largest_sizes
 
     records = [SimpleNamespace(height=200, width=1000), SimpleNamespace(height=600, width=800)]
     resize = ResizeSpec(800, 1333)
     for cfg in (TrainConfig(), TrainConfig(pad_canvases="auto")):
-        check_canvases(cfg, training_canvases(cfg, resize), largest_sizes(records, resize, False), resize)
+        check_canvases(cfg.pad_size, pad_canvases(resize, cfg.pad_canvases, cfg.pad_size),
+                       largest_sizes(records, resize, False), resize)
     small = TrainConfig(pad_size=[800, 1200])
     with pytest.raises(UserError, match=r"--pad-size 800 1200: the canvas 800x1200 is smaller than a training "
                                         r"image of 267x1333 .* at least 800x1333"):
-        check_canvases(small, training_canvases(small, resize), largest_sizes(records, resize, False), resize)
+        check_canvases(small.pad_size, pad_canvases(resize, small.pad_canvases, small.pad_size),
+                       largest_sizes(records, resize, False), resize)
     crops = largest_sizes(records, augment_spec("detr", resize).envelope(resize), True)
     assert crops == [(800, 1333), (800, 1333)]  # a crop may take any landscape shape within the envelope

@@ -369,6 +369,7 @@ def test_training_and_eval_hand_batches_over_with_their_worker_count(varied_mode
     from detr_ft.cli import main
     from detr_ft.data.batching import to_device_normalised_from_loader
     from detr_ft.data.coco import load_index
+    from detr_ft.data.shape_plan import ShapePlan
     from detr_ft.types import ResizeSpec
 
     calls = []
@@ -380,7 +381,7 @@ def test_training_and_eval_hand_batches_over_with_their_worker_count(varied_mode
     monkeypatch.setattr(engine, "to_device_normalised_from_loader", spy)
     monkeypatch.setattr(evaluate, "to_device_normalised_from_loader", spy)
     collate, samples = _collate_samples()
-    data = engine.DetectionData(load_index(synthetic_dir, "train"), None, ResizeSpec(64, 64), 2, 3, collate)
+    data = engine.DetectionData(load_index(synthetic_dir, "train"), None, ResizeSpec(64, 64), 2, 3, ShapePlan())
     assert data.transfer_batch_to_device(collate(samples), torch.device("cpu"), 0).norm is None
     assert calls == [("cpu", 3)]
     calls.clear()
@@ -405,6 +406,7 @@ def test_predict_batches_by_orientation_and_keeps_the_order_given(tmp_path):
     from PIL import Image
 
     from detr_ft.types import Categories, ResizeSpec
+    from detr_ft.data.shape_plan import ShapePlan
     from detr_ft.detector import Detector, aspect_ratio
     from detr_ft.model.postprocess import Detections
 
@@ -413,6 +415,7 @@ def test_predict_batches_by_orientation_and_keeps_the_order_given(tmp_path):
     class Probe(Detector):
         def __init__(self):  # no model: detect_samples reports each image's size as its box
             self.resize, self.categories = ResizeSpec(32, 64), Categories((7,), ("thing",))
+            self.shapes = ShapePlan()
 
         def detect_samples(self, samples, threshold=0.0):
             batches.append([s.orig_size for s in samples])

@@ -77,6 +77,55 @@ def test_auto_canvases_pad_fewer_pixels_than_the_square(synthetic_dir):
     assert 0 <= auto < square
 
 
+def test_one_shape_plan_decides_canvases_buckets_fill_and_batch_order(synthetic_dir):
+    """``ShapePlan`` is where the static shapes are decided, for training and for inference; the
+    data module, ``Detector`` and predict --pad read theirs from it."""
+    from detr_ft.config import TrainConfig
+    from detr_ft.data.augment import augment_spec
+    from detr_ft.data.shape_plan import ShapePlan
+    from detr_ft.engine import DetectionData
+
+    train, val = load_index(synthetic_dir, "train"), load_index(synthetic_dir, "test")
+    flip = augment_spec("flip", RESIZE)
+    plans = {mode: ShapePlan.for_training(TrainConfig(pad=True, pad_canvases=mode, num_buckets=2, batch_size=3),
+                                          RESIZE, flip, train, val) for mode in ("square", "auto")}
+    assert plans["square"].canvases == ((144, 144),) and not plans["square"].like_shape_batches
+    assert plans["auto"].canvases == ((96, 144), (144, 96)) and plans["auto"].like_shape_batches
+    for plan in plans.values():
+        assert plan.static and plan.fill_to == 3 and len(plan.buckets) <= 2
+
+    class Crowded:  # a validation split with more objects in an image than any training image has
+        def __len__(self):
+            return 1
+
+        def object_counts(self):
+            return np.array([train.object_counts().max() + 5])
+
+    crowded = ShapePlan.for_training(TrainConfig(pad=True, num_buckets=2, batch_size=3), RESIZE, flip, train, Crowded())
+    assert crowded.buckets[-1] == train.object_counts().max() + 5  # its top bucket holds them
+    dynamic = ShapePlan.for_training(TrainConfig(pad=False, num_buckets=0, batch_size=3), RESIZE, flip, train, val)
+    assert dynamic == ShapePlan() and dynamic.like_shape_batches and not dynamic.static
+
+    assert len(train) % 3 and len(val) % 3  # a short last batch in each split
+    data = DetectionData(train, val, RESIZE, 3, 0, plans["square"], seed=0)
+    train_batches = list(data.train_dataloader())
+    assert {tuple(b.pixel_values.shape) for b in train_batches} == {(3, 3, 144, 144)}  # the short batch dropped
+    assert len(train_batches) == len(train) // 3
+    val_batches = list(data.val_dataloader())  # every image, the last batch filled with blank images
+    assert {tuple(b.pixel_values.shape) for b in val_batches} == {(3, 3, 144, 144)}
+    assert sum(int((b.image_ids >= 0).sum()) for b in val_batches) == len(val)
+    assert {b.labels.shape[1] for b in train_batches + val_batches} <= set(plans["square"].buckets)
+    dynamic_data = DetectionData(train, val, RESIZE, 3, 0, dynamic, seed=0)
+    assert sum(map(len, dynamic_data.train_dataloader())) == len(train)  # dynamic shapes drop nothing
+
+    inference = ShapePlan.for_inference(RESIZE, pad=True, batch_size=3)
+    assert inference == ShapePlan.fixed((144, 144), fill_to=3) and ShapePlan.for_inference(RESIZE, False, 3) == ShapePlan()
+    aspects = [r.aspect for r in val.records]
+    assert inference.inference_batches(aspects, 3) == aspect_sorted_batches(aspects, 3)
+    collate = inference.collator(RESIZE)
+    assert (collate.canvases, collate.fill_to, collate.buckets) == ([(144, 144)], 3, [])
+
+
 def test_shape_batches_cover_everything_once_and_never_mix_orientations():
     aspects = [1.5 if i % 3 == 0 else 0.75 + i / 100 for i in range(23)]  # every third image portrait
     sampler = ShapeBatchSampler(aspects, batch_size=4, shuffle=True, seed=1)

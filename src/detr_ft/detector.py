@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from detr_ft.data.batching import Batch, Collator
+from detr_ft.data.batching import Batch
 from detr_ft.data.dataset import Sample
-from detr_ft.data.sampling import aspect_sorted_batches
+from detr_ft.data.shape_plan import ShapePlan
 from detr_ft.data.transforms import resized_tensor, to_rgb
 from detr_ft.devices import bf16_autocast, inference_device
 from detr_ft.errors import UserError
@@ -46,7 +46,7 @@ class Detector:
     """
 
     def __init__(self, model, resize_spec: ResizeSpec, categories: Categories, device: str = "auto",
-                 canvas: tuple[int, int] | None = None, channels_last: bool = True, autocast: bool = False,
+                 shapes: ShapePlan | None = None, channels_last: bool = True, autocast: bool = False,
                  thresholds: dict[int, float] | None = None, source: str = "this detector"):
         self.device = inference_device(device)
         self.thresholds = thresholds  # {category id: score}: threshold="auto" (detr_ft.thresholds)
@@ -57,13 +57,18 @@ class Detector:
         channels_last_where_it_helps(self.model, self.device, channels_last)
         self.resize = resize_spec
         self.categories = categories
-        self.use_canvas(canvas)
+        self.use_shapes(shapes or ShapePlan())
+
+    def use_shapes(self, plan: ShapePlan) -> None:
+        """Shape every batch as ``plan`` says (``data/shape_plan.py``): default, each batch padded
+        to its largest image; ``ShapePlan.for_inference(resize, pad=True, ...)``, static shapes."""
+        self.shapes = plan
+        self.collator = plan.collator(self.resize)
 
     def use_canvas(self, canvas: tuple[int, int] | None, fill_to: int | None = None) -> None:
         """Pad every batch to a fixed (H, W) canvas (static shapes), or to the batch maximum (None);
         ``fill_to`` also fills short batches with blank images to a fixed batch size."""
-        self.collator = Collator(self.resize.mean, self.resize.std, canvases=[canvas] if canvas else None,
-                                 fill_to=fill_to)
+        self.use_shapes(ShapePlan.fixed(canvas, fill_to))
 
     @classmethod
     def load(cls, path, device: str = "auto", canvas: tuple[int, int] | None = None,
@@ -104,8 +109,9 @@ class Detector:
         else:
             raise UserError(f"{path}: no such checkpoint file or model directory")
         resize_spec = resize_spec.with_image_size(image_size)
-        return cls(model, resize_spec, categories, device=device, canvas=canvas, channels_last=channels_last,
-                   autocast=autocast, thresholds=load_thresholds(path, thresholds), source=str(path))
+        return cls(model, resize_spec, categories, device=device, shapes=ShapePlan.fixed(canvas),
+                   channels_last=channels_last, autocast=autocast, thresholds=load_thresholds(path, thresholds),
+                   source=str(path))
 
     def sample(self, image: Image.Image, image_id: int = 0) -> Sample:
         image = to_rgb(image)
@@ -156,7 +162,7 @@ class Detector:
         # Batches of like shape (a landscape and a portrait image would pad each other to a
         # square); the results go back in the order given.
         results: list = [None] * len(images)
-        for ids in aspect_sorted_batches([aspect_ratio(im) for im in images], batch_size):
+        for ids in self.shapes.inference_batches([aspect_ratio(im) for im in images], batch_size):
             chunk = [as_image(images[i]) for i in ids]
             for i, dets in zip(ids, self.detect_samples([self.sample(im) for im in chunk], threshold)):
                 results[i] = detection_dicts(dets, self.categories)

@@ -10,10 +10,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from detr_ft.data.batching import Batch, Collator, to_device_normalised_from_loader
+from detr_ft.data.batching import Batch, to_device_normalised_from_loader
 from detr_ft.data.augment import AugmentSpec
 from detr_ft.data.dataset import DetectionDataset
 from detr_ft.data.sampling import EpochSampler, ShapeBatchSampler
+from detr_ft.data.shape_plan import ShapePlan
 from detr_ft.metrics import METRIC_NAMES, coco_metrics
 from detr_ft.model.build import ModelBundle, backbone_module
 from detr_ft.model.criterion import SetCriterion
@@ -167,38 +168,39 @@ class DetrModule(L.LightningModule):
 
 
 class DetectionData(L.LightningDataModule):
-    """Train and validation loaders over COCO indexes, producing ``Batch``es.
+    """Train and validation loaders over COCO indexes, producing ``Batch``es shaped as ``plan``
+    says (``data/shape_plan.py``).
 
     ``augment``: the training augmentation (default: a flip with probability ``hflip``).
-    ``shape_sampler``: draw batches of images of like shape (``ShapeBatchSampler``; for
-    ``--no-pad`` and ``--pad-canvases auto``). Validation batches are filled to full size
-    with blank images when the collator is static (``fill_to``).
+    Batches hold images of like shape where the plan asks for it (``ShapeBatchSampler``);
+    with static canvases a short last training batch is dropped (``drop_last`` None; True or
+    False decide) and validation batches are filled to full size with blank images.
     """
 
     def __init__(self, train_index: DatasetIndex, val_index: DatasetIndex | None, resize: ResizeSpec,
-                 batch_size: int, num_workers: int, collator: Collator, val_collator: Collator | None = None,
-                 seed: int = 0, shuffle: bool = True, drop_last: bool = False, pin_memory: bool = False,
-                 hflip: float = 0.5, shape_sampler: bool = False, augment: AugmentSpec | None = None):
+                 batch_size: int, num_workers: int, plan: ShapePlan, seed: int = 0, shuffle: bool = True,
+                 pin_memory: bool = False, hflip: float = 0.5, augment: AugmentSpec | None = None,
+                 drop_last: bool | None = None):
         super().__init__()
         self.train_set = DetectionDataset(train_index, resize, train=True, seed=seed, hflip=hflip, augment=augment)
         self.val_set = DetectionDataset(val_index, resize, train=False) if val_index is not None else None
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.collator = collator
-        self.val_collator = val_collator or collator
+        self.plan = plan
+        self.collator = plan.collator(resize, fill=False)
+        self.val_collator = plan.collator(resize)
         self.seed = seed
         self.shuffle = shuffle
-        self.drop_last = drop_last
         self.pin_memory = pin_memory
-        self.shape_sampler = shape_sampler
+        self.drop_last = plan.static if drop_last is None else drop_last  # static: one batch size to compile
 
     def _loader(self, dataset, collator, shuffle: bool, drop_last: bool) -> DataLoader:
         common = dict(num_workers=self.num_workers, collate_fn=collator, pin_memory=self.pin_memory,
                       persistent_workers=self.num_workers > 0)
-        if self.shape_sampler:
+        if self.plan.like_shape_batches:
             aspects = [r.aspect for r in dataset.index.records]
             # in training without canvases, the orientations' short last batches as one where they fit
-            merge_short = dataset.train and collator.canvases is None
+            merge_short = dataset.train and not self.plan.static
             sampler = ShapeBatchSampler(aspects, self.batch_size, shuffle, self.seed, drop_last, merge_short)
             return DataLoader(dataset, batch_sampler=sampler, **common)
         sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=self.seed)

@@ -11,7 +11,6 @@ from detr_ft.analysis import analyse
 from detr_ft.analysis.bootstrap import default_resamples
 from detr_ft.data.batching import to_device_normalised_from_loader
 from detr_ft.data.dataset import DetectionDataset
-from detr_ft.data.sampling import ShapeBatchSampler
 from detr_ft.data.source import read_split
 from detr_ft.detector import Detector
 from detr_ft.devices import say_if_slow_bf16
@@ -33,8 +32,7 @@ def run_eval(ckpt_path: str, data_dir: str, out_dir: Path, split: str = "test", 
                              image_size=image_size)
     say_if_slow_bf16(detector.device, autocast)
     index = read_split(data_dir, split, on_bad_data, categories=detector.categories, hf_dataset=hf_dataset)
-    # batches of like shape (sorted by aspect ratio): each pads its images to little more than their size
-    batches = ShapeBatchSampler([r.aspect for r in index.records], batch_size, shuffle=False)
+    batches = detector.shapes.inference_batches([r.aspect for r in index.records], batch_size)
     loader = DataLoader(DetectionDataset(index, detector.resize), batch_sampler=batches, num_workers=num_workers,
                         collate_fn=detector.collator, pin_memory=detector.device.type == "cuda")
     found: dict[int, list[dict]] = {}

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from detr_ft.data.shape_plan import ShapePlan
 from detr_ft.data.transforms import resize_image, to_rgb
 from detr_ft.errors import UserError, first_line
 from detr_ft.image_input import as_image, detection_dicts, predict_arguments
@@ -141,19 +142,27 @@ class OnnxDetector:
 
         return torch.device("cpu")
 
-    def use_canvas(self, canvas: tuple[int, int] | None, fill_to: int | None = None) -> None:
-        """The canvas is the export's; another one is a mistake (``fill_to``: the runtime fills
+    @property
+    def shapes(self) -> ShapePlan:
+        """The export's canvas, for every batch (``data/shape_plan.py``)."""
+        return ShapePlan.fixed(self.info.canvas)
+
+    def use_shapes(self, plan: ShapePlan) -> None:
+        """The canvas is the export's; a plan with another one is a mistake (the runtime fills
         batches to the export's batch size itself)."""
-        if canvas is not None and tuple(canvas) != self.info.canvas:
+        canvas = plan.canvases[0] if plan.canvases else None
+        if canvas is not None and (len(plan.canvases) > 1 or tuple(canvas) != self.info.canvas):
             raise UserError(f"{self.path}: exported at a {self.info.canvas[0]}x{self.info.canvas[1]} canvas, not "
                             f"{canvas[0]}x{canvas[1]}; export again with --pad-size {canvas[0]} {canvas[1]}")
+
+    def use_canvas(self, canvas: tuple[int, int] | None, fill_to: int | None = None) -> None:
+        """``Detector.use_canvas``: only the export's canvas (or None) is accepted."""
+        self.use_shapes(ShapePlan.fixed(canvas, fill_to))
 
     @property
     def collator(self):
         """A torch ``Collator`` onto the export's canvas (``detr-ft eval``'s data loader)."""
-        from detr_ft.data.batching import Collator
-
-        return Collator(self.resize.mean, self.resize.std, canvases=[self.info.canvas])
+        return self.shapes.collator(self.resize)
 
     def sample(self, image: Image.Image, image_id: int = 0) -> ImageSample:
         image = to_rgb(image)

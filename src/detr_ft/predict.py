@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from detr_ft.data.image_check import image_file_problem
-from detr_ft.data.sampling import aspect_sorted_batches
+from detr_ft.data.shape_plan import ShapePlan
 from detr_ft.data.source import read_split
 from detr_ft.data.transforms import load_image
 from detr_ft.data.validation import DataReport
@@ -87,7 +87,7 @@ def run_predict(ckpt_path: str, out_dir: Path, images: list[str] | None = None, 
     if threshold == "auto":
         detector.class_thresholds()  # none: the error before any image is read
     if pad:  # static shapes: every batch on the largest canvas the resize produces, full batches
-        detector.use_canvas(detector.resize.max_canvas, fill_to=batch_size)
+        detector.use_shapes(ShapePlan.for_inference(detector.resize, pad=True, batch_size=batch_size))
     if cuda_graphs or detector.device.type == "hpu":
         from detr_ft.devices import accelerate_inference
 
@@ -109,7 +109,7 @@ def run_predict(ckpt_path: str, out_dir: Path, images: list[str] | None = None, 
         items = items[:max_inf_frames]
     names = detector.categories.names
     found, written = [None] * len(items), [None] * len(items)
-    for ids in aspect_sorted_batches([item.aspect for item in items], batch_size):  # the order given kept below
+    for ids in detector.shapes.inference_batches([item.aspect for item in items], batch_size):  # the order given kept below
         pil = [items[i].load() for i in ids]
         dets = detector.detect_samples([detector.sample(im, items[i].image_id) for im, i in zip(pil, ids)],
                                        threshold)

@@ -16,8 +16,8 @@ import yaml
 from detr_ft.averaging import EMA
 from detr_ft.checkpoint import load_checkpoint, model_from_checkpoint
 from detr_ft.config import TrainConfig
-from detr_ft.data.batching import Collator, batch_padding_fraction, compute_buckets, padded_pixel_fraction
-from detr_ft.data.padding import pad_canvases
+from detr_ft.data.batching import batch_padding_fraction
+from detr_ft.data.shape_plan import ShapePlan
 from detr_ft.data.source import read_split
 from detr_ft.engine import DetectionData, DetrModule, NonFiniteLossError, OptimConfig, Throughput
 from detr_ft.devices import device_type, run_settings, say_if_slow_bf16, trainer_device
@@ -66,38 +66,6 @@ def best_summary(out: Path, trainer: L.Trainer) -> dict | None:
 def newest_checkpoint(out_dir: Path) -> Path | None:
     ckpts = [p for p in out_dir.glob("*.ckpt") if p.is_file()]
     return max(ckpts, key=lambda p: p.stat().st_mtime) if ckpts else None
-
-
-def training_canvases(cfg: TrainConfig, resize) -> list[tuple[int, int]] | None:
-    """The run's fixed canvases (``padding.pad_canvases``), None without --pad. ``resize`` is the
-    augmentation's envelope (``AugmentSpec.envelope``): the largest scale."""
-    return pad_canvases(resize, cfg.pad_canvases, cfg.pad_size) if cfg.pad else None
-
-
-def largest_sizes(records, envelope, geometric: bool) -> list[tuple[int, int]]:
-    """The largest (height, width) training can give each record's image: resized at the envelope's
-    scale, or, when crops or zoom-outs change the aspect (``geometric``), the envelope's bound
-    for the record's orientation (short x long or long x short; a square image may give either).
-    A fixed-size rule gives every image its size, crops and zoom-outs included."""
-    if envelope.fixed is not None:
-        return [envelope.fixed] * len(records)
-    if not geometric:
-        return [envelope.output_size(r.height, r.width) for r in records]
-    short, long = envelope.shortest, envelope.longest
-    return [(long, short) if r.height > r.width else (short, long) for r in records]
-
-
-def check_canvases(cfg: TrainConfig, canvases, sizes: list[tuple[int, int]], envelope) -> None:
-    """Every training image must fit a canvas (one of its orientation's with --pad-canvases auto)."""
-    if not canvases or not sizes:
-        return
-    too_big = [(h, w) for h, w in sizes if not any(ch >= h and cw >= w for ch, cw in canvases)]
-    if too_big:
-        h, w = max(too_big, key=lambda s: s[0] * s[1])
-        raise UserError(f"--pad-size {' '.join(map(str, cfg.pad_size or []))}: the canvas {canvases[0][0]}x"
-                        f"{canvases[0][1]} is smaller than a training image of {h}x{w} (resize short "
-                        f"{envelope.shortest} / long {envelope.longest}, augmentation included); use a canvas of at "
-                        f"least {max(s[0] for s in sizes)}x{max(s[1] for s in sizes)} or drop --pad-size")
 
 
 def compilations(model: torch.nn.Module) -> int:
@@ -152,10 +120,11 @@ def _fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...]):
     resume_from, checkpoint = checkpoint_to_resume(cfg, out)
     train_index, val_index = read_splits(cfg)
     bundle, augment = model_and_augmentation(cfg, train_index.categories)
-    shapes = plan_shapes(cfg, bundle, augment, train_index, val_index)
+    plan = plan_shapes(cfg, bundle, augment, train_index, val_index)
     prepare_model(cfg, bundle)
-    data = detection_data(cfg, bundle, augment, shapes, train_index, val_index)
-    shapes.pad_fraction = report_padding(shapes, data)
+    data = detection_data(cfg, bundle, augment, plan, train_index, val_index)
+    resized = [bundle.resize.output_size(r.height, r.width) for r in train_index.records]
+    pad_fraction = report_padding(plan, data, resized)
     module = DetrModule(bundle, train_index.categories,
                         OptimConfig(cfg.lr, cfg.lr_backbone, cfg.weight_decay, cfg.lr_schedule, cfg.warmup_steps),
                         val_ground_truth=ground_truth(val_index.records, train_index.categories) if val_index else None,
@@ -168,24 +137,12 @@ def _fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...]):
     record_settings(cfg, out, trainer, tracker)
     started = time.perf_counter()
     fit_module(trainer, module, data, resume_from, out)
-    summary = run_summary(cfg, trainer, module, bundle, augment, shapes, throughput, started, train_index, val_index)
+    summary = run_summary(cfg, trainer, module, bundle, augment, plan, throughput, started, train_index, val_index,
+                          padding=(resized, pad_fraction))
     if trainer.is_global_zero:
         summary = report_on_rank_zero(cfg, out, trainer, module, bundle.resize, summary, val_index)
     finish(tracker)
     return trainer, module, summary
-
-
-@dataclasses.dataclass
-class Shapes:
-    """How training batches are shaped: object-count buckets, canvases (None: each batch padded to
-    its largest image), the collators, each training image's resized size and the padded share."""
-
-    buckets: list[int] | None
-    canvases: list[tuple[int, int]] | None
-    collator: Collator
-    val_collator: Collator
-    resized: list[tuple[int, int]]
-    pad_fraction: float = 0.0
 
 
 def start_run(cfg: TrainConfig) -> Path:
@@ -221,25 +178,17 @@ def model_and_augmentation(cfg: TrainConfig, categories):
     return bundle, cfg.augment_spec(bundle.resize)
 
 
-def plan_shapes(cfg: TrainConfig, bundle: ModelBundle, augment, train_index, val_index) -> Shapes:
-    """Object-count buckets and canvases for the data, checked to fit every training image."""
-    envelope = augment.envelope(bundle.resize)
+def plan_shapes(cfg: TrainConfig, bundle: ModelBundle, augment, train_index, val_index) -> ShapePlan:
+    """The run's static-shape plan (``data/shape_plan.py``): canvases checked to hold every training
+    image, object buckets; a note where the family's loss makes --num-buckets moot."""
     family = family_of(bundle.model)
     if not family.criterion_pads_targets and cfg.num_buckets > 1:
         print(f"note: --num-buckets has no effect on {family.model_type}: its loss is transformers', which is fed "
               f"the real objects only (no padded targets)")
-    buckets = compute_buckets(train_index.object_counts(), cfg.num_buckets)
-    if buckets and val_index is not None and len(val_index):
-        buckets[-1] = max(buckets[-1], int(val_index.object_counts().max()))
-    canvases = training_canvases(cfg, envelope)
-    if buckets:
-        print(f"object buckets: {buckets}")
-    resized = [bundle.resize.output_size(r.height, r.width) for r in train_index.records]
-    check_canvases(cfg, canvases, largest_sizes(train_index.records, envelope, augment.geometric), envelope)
-    collator = Collator(bundle.resize.mean, bundle.resize.std, canvases=canvases, buckets=buckets)
-    val_collator = Collator(bundle.resize.mean, bundle.resize.std, canvases=canvases, buckets=buckets,
-                            fill_to=cfg.batch_size if cfg.pad else None)
-    return Shapes(buckets, canvases, collator, val_collator, resized)
+    plan = ShapePlan.for_training(cfg, bundle.resize, augment, train_index, val_index)
+    if plan.buckets:
+        print(f"object buckets: {list(plan.buckets)}")
+    return plan
 
 
 def prepare_model(cfg: TrainConfig, bundle: ModelBundle) -> None:
@@ -252,24 +201,23 @@ def prepare_model(cfg: TrainConfig, bundle: ModelBundle) -> None:
         bundle.model.model.compile(dynamic=False)
 
 
-def detection_data(cfg: TrainConfig, bundle: ModelBundle, augment, shapes: Shapes, train_index,
+def detection_data(cfg: TrainConfig, bundle: ModelBundle, augment, plan: ShapePlan, train_index,
                    val_index) -> DetectionData:
     """The train and validation loaders (single-process loading with --deterministic)."""
     return DetectionData(train_index, val_index, bundle.resize, cfg.batch_size,
-                         0 if cfg.deterministic else cfg.num_workers, shapes.collator, shapes.val_collator,
-                         seed=cfg.seed, shuffle=True, drop_last=cfg.pad, pin_memory=torch.cuda.is_available(),
-                         augment=augment,
-                         shape_sampler=not shapes.canvases or len(shapes.canvases) > 1)  # not when one canvas fits all
+                         0 if cfg.deterministic else cfg.num_workers, plan, seed=cfg.seed, shuffle=True,
+                         pin_memory=torch.cuda.is_available(), augment=augment)
 
 
-def report_padding(shapes: Shapes, data: DetectionData) -> float:
-    """Print and return the share of padded pixels the batches will carry."""
-    if shapes.canvases:
-        pad_fraction = padded_pixel_fraction(shapes.resized, shapes.canvases)
-        print(f"canvases: {shapes.canvases}; padded pixels: {pad_fraction:.1%}")
+def report_padding(plan: ShapePlan, data: DetectionData, resized: list[tuple[int, int]]) -> float:
+    """Print and return the share of padded pixels the batches will carry (``resized``: each
+    training image's size after the resize)."""
+    if plan.static:
+        pad_fraction = plan.padded_fraction(resized)
+        print(f"canvases: {list(plan.canvases)}; padded pixels: {pad_fraction:.1%}")
     else:  # each batch padded to its largest image: the batches of the first epoch tell
         first_epoch = [[i for i, _ in batch] for batch in data.train_dataloader().batch_sampler]
-        pad_fraction = batch_padding_fraction(shapes.resized, first_epoch)
+        pad_fraction = batch_padding_fraction(resized, first_epoch)
         print(f"batches of like shape, padded to their largest image; padded pixels: {pad_fraction:.1%}")
     return pad_fraction
 
@@ -347,8 +295,12 @@ def fit_module(trainer: L.Trainer, module: DetrModule, data: DetectionData, resu
 
 
 def run_summary(cfg: TrainConfig, trainer: L.Trainer, module: DetrModule, bundle: ModelBundle, augment,
-                shapes: Shapes, throughput: Throughput, started: float, train_index, val_index) -> dict:
-    """What the run did: final validation metrics, speed, shapes, resolution, data and recipe."""
+                plan: ShapePlan, throughput: Throughput, started: float, train_index, val_index,
+                padding: tuple[list[tuple[int, int]], float]) -> dict:
+    """What the run did: final validation metrics, speed, shapes, resolution, data and recipe
+    (``padding``: the training images' resized sizes and the padded share of their batches)."""
+    resized, pad_fraction = padding
+    square = ShapePlan.fixed(bundle.resize.max_canvas)  # what one square canvas would pad, for comparison
     return {
         **{k: float(v) for k, v in getattr(module, "last_val_metrics", {}).items() if k in METRIC_NAMES},
         "per_class": getattr(module, "last_val_metrics", {}).get("per_class", {}),
@@ -357,13 +309,12 @@ def run_summary(cfg: TrainConfig, trainer: L.Trainer, module: DetrModule, bundle
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "wall_seconds": round(time.perf_counter() - started, 1),
-        "buckets": shapes.buckets,
-        "canvases": shapes.canvases,
+        "buckets": list(plan.buckets),
+        "canvases": list(plan.canvases) if plan.static else None,
         "resize": [bundle.resize.shortest, bundle.resize.longest],
         "augment": dataclasses.asdict(augment),  # the preset with the knobs given, as trained
-        "padded_pixel_fraction": round(shapes.pad_fraction, 4),
-        "padded_pixel_fraction_square": round(padded_pixel_fraction(shapes.resized, pad_canvases(bundle.resize)), 4)
-        if shapes.canvases else None,
+        "padded_pixel_fraction": round(pad_fraction, 4),
+        "padded_pixel_fraction_square": round(square.padded_fraction(resized), 4) if plan.static else None,
         "recompiles": compilations(module.model.model) if cfg.compile else None,
         "model": cfg.model if not cfg.use_ckpt else cfg.ckpt_path,
         "data": {"train": train_index.report.to_dict(),

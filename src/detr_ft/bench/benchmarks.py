@@ -64,7 +64,7 @@ def bench_static(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: l
     times = alternate({"ours": ours, "stock": stock}, cfg.steps, cfg.warmup, device)
     ws.samples["static"] = times
     b = cfg.batch_size
-    notes.append(f"static: canvases ours {ws.auto_canvases} by orientation, stock {[ws.square_canvas]}; "
+    notes.append(f"static: canvases ours {list(ws.plan.canvases)} by orientation, stock {[ws.square_canvas]}; "
                  f"object bucket {ws.buckets[0]}; data in the main process (workers 0) on both sides; medians: "
                  f"{medians(times, 1e3, 'ms')} per step")
     return [Record("static", cfg.label(device) + " workers=0", b / best(times["ours"]),
@@ -153,7 +153,7 @@ def bench_infer(ws: Workspace, cfg: BenchConfig, device, export_dir: Path, notes
 def bench_latency(ws: Workspace, cfg: BenchConfig, device, detector, pipe, notes: list[str]) -> list[Record]:
     """Batch 1, the image already preprocessed on the device, on detr-ft's fixed landscape canvas."""
     record = next((r for r in ws.index.records if r.width >= r.height), ws.index.records[0])
-    canvas = ws.auto_canvases[0] if record.width >= record.height else ws.auto_canvases[1]
+    canvas = ws.plan.canvases[0] if record.width >= record.height else ws.plan.canvases[1]
     detector.use_canvas(canvas)
     batch = detector.batch_on_device([detector.sample(ws.index.load_image(record))])
     pv, pm, sizes = batch.pixel_values, batch.pixel_mask, batch.orig_sizes  # for the stock side

@@ -46,14 +46,17 @@ class Workspace:
         self.label_of = {cid: i for i, cid in enumerate(self.categories.ids)}
         self.ann_file = self.data_dir / "annotations" / "train.json"
         self.images_dir = self.data_dir / "images"
+        from detr_ft.config import TrainConfig
         from detr_ft.data.augment import augment_spec
         from detr_ft.data.padding import pad_canvases
+        from detr_ft.data.shape_plan import ShapePlan
 
         self.augment = augment_spec(cfg.augment, self.resize)
-        envelope = self.augment.envelope(self.resize)  # the preset's scales stay within the resize
-        # training's --pad canvases: --pad-canvases auto (ours) and square (the stock side's)
-        self.auto_canvases = pad_canvases(envelope, "auto")
-        self.square_canvas = pad_canvases(envelope, "square")[0]
+        # detr-ft's side is shaped as `train --pad --pad-canvases auto --num-buckets 1` shapes it;
+        # the stock side pads to the square canvas of the augmentation's largest scale
+        settings = TrainConfig(pad=True, pad_canvases="auto", num_buckets=1, batch_size=cfg.batch_size)
+        self.plan = ShapePlan.for_training(settings, self.resize, self.augment, self.index, None)
+        self.square_canvas = pad_canvases(self.augment.envelope(self.resize), "square")[0]
 
     @functools.cached_property
     def processor(self):
@@ -63,10 +66,7 @@ class Workspace:
     @functools.cached_property
     def buckets(self) -> tuple[list[int], np.ndarray]:
         """(ours, stock): one object bucket each, from the training set's counts."""
-        from detr_ft.data.batching import compute_buckets
-
-        counts = self.index.object_counts()
-        return compute_buckets(counts, 1), stock_buckets(counts, 1)
+        return list(self.plan.buckets), stock_buckets(self.index.object_counts(), 1)
 
     def warm_page_cache(self) -> None:
         for r in self.index.records:
@@ -90,14 +90,11 @@ class Workspace:
     def our_data(self, workers: int, drop_last: bool):
         """detr-ft's training data with --pad --pad-canvases auto (``engine.DetectionData``, shuffled):
         its ``train_dataloader()`` and ``transfer_batch_to_device``, as training uses them."""
-        from detr_ft.data.batching import Collator
         from detr_ft.engine import DetectionData
 
-        collator = Collator(self.resize.mean, self.resize.std, canvases=self.auto_canvases, buckets=self.buckets[0])
-        data = DetectionData(self.index, None, self.resize, self.cfg.batch_size, workers, collator,
-                             seed=self.cfg.seed, shuffle=True, drop_last=drop_last,
-                             pin_memory=torch.cuda.is_available(), shape_sampler=True, augment=self.augment)
-        return data
+        return DetectionData(self.index, None, self.resize, self.cfg.batch_size, workers, self.plan,
+                             seed=self.cfg.seed, shuffle=True, pin_memory=torch.cuda.is_available(),
+                             augment=self.augment, drop_last=drop_last)
 
     def stock_loader(self, workers: int, drop_last: bool) -> DataLoader:
         """The original's loader, shuffled: processor per sample, square canvas, bucket padding."""
