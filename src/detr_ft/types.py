@@ -95,7 +95,8 @@ class ImageRecord:
 class DatasetIndex:
     """All images of one split with their objects, and the categories: what every reader
     returns (``CocoIndex`` in data/coco.py, ``HfIndex`` in data/hf_dataset.py). The readers
-    differ only in where pixels come from (``load_image``)."""
+    differ only in where pixels come from (``load_image``, ``image_bytes``) and in whether a
+    COCO file stands behind them (``coco_annotations``)."""
 
     images_dir: Path
     annotation_file: Path
@@ -117,6 +118,15 @@ class DatasetIndex:
     def load_image(self, record: ImageRecord) -> Image.Image:
         """The record's decoded RGB image (EXIF applied): the one place pixels come from."""
         raise NotImplementedError
+
+    def image_bytes(self, record: ImageRecord) -> bytes:
+        """The record's image as encoded (for hashing): here its file, ``image_path``."""
+        return self.image_path(record).read_bytes()
+
+    def coco_annotations(self) -> list | None:
+        """The ``annotations`` list of the COCO file the index was read from, as written there
+        (ids included, which records do not keep); None where the source is not a COCO file."""
+        return None
 
 
 @dataclass
