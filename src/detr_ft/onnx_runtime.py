@@ -25,21 +25,12 @@ from detr_ft.errors import UserError, first_line
 from detr_ft.image_input import as_image, detection_dicts, predict_arguments
 from detr_ft.onnx_export import (METADATA_BATCH, METADATA_CANVAS, METADATA_CATEGORIES, METADATA_FAMILY,
                                  METADATA_RESIZE, METADATA_THRESHOLDS, require_onnx)
-from detr_ft.types import Categories, ResizeSpec
-
-# as model/postprocess.SIGMOID_TOP_K (that module imports torch)
-SIGMOID_TOP_K = 100
+from detr_ft.types import SIGMOID_TOP_K, Categories, ImageDetections, ResizeSpec
 
 
 @dataclass
-class NumpyDetections:
-    """``postprocess.Detections`` in NumPy: boxes [N, 4] (x0, y0, x1, y1) pixels of the original
-    image, scores [N], labels [N] contiguous class indices, category_ids [N] original ids."""
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-    category_ids: np.ndarray
+class NumpyDetections(ImageDetections["np.ndarray"]):
+    """``ImageDetections`` in NumPy arrays: ``postprocess.Detections`` without torch."""
 
 
 @dataclass
@@ -196,7 +187,7 @@ class OnnxDetector:
             return found
         # as Detector: a class's threshold is a detection score, so a score equal to it is kept
         keep = [d.scores >= per_class[d.labels] for d in found]
-        return [NumpyDetections(d.boxes[k], d.scores[k], d.labels[k], d.category_ids[k]) for d, k in zip(found, keep)]
+        return [d.select(k) for d, k in zip(found, keep)]
 
     def class_thresholds(self) -> list[float]:
         """The score threshold of each class in label order (the export's metadata, or

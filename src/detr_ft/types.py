@@ -1,8 +1,9 @@
 """The types the data pipeline, the model and inference share, with no implementation behind them.
 
 Classes (``Categories``), one image's objects (``ImageRecord``), the model's resize rule
-(``ResizeSpec``), the box a padded object slot holds (``PAD_BOX``) and the index of one
-split that every reader returns (``DatasetIndex``). This module imports the standard
+(``ResizeSpec``), the box a padded object slot holds (``PAD_BOX``), the index of one
+split that every reader returns (``DatasetIndex``) and one image's detections
+(``ImageDetections``, in torch or NumPy). This module imports the standard
 library and ``detr_ft.errors`` only, so ``model/`` and inference can name these types
 without importing the readers, torch or Pillow.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from detr_ft.errors import UserError
 
@@ -29,6 +30,13 @@ MIN_IMAGE_SIDE = 32  # the smallest resize detr-ft accepts (a DETR backbone down
 # A padded object slot holds this box: finite and non-degenerate, so that any
 # cost or loss computed on it stays finite (it is masked out afterwards anyway).
 PAD_BOX = (0.5, 0.5, 1.0, 1.0)
+
+# Detections kept per image by the sigmoid families' top-k: transformers' Conditional DETR default,
+# and the most COCO evaluation counts (RT-DETR's processor keeps num_queries; with up to 100
+# queries those are the top of these).
+SIGMOID_TOP_K = 100
+
+Array = TypeVar("Array")  # torch.Tensor or np.ndarray
 
 
 @dataclass(frozen=True)
@@ -87,7 +95,8 @@ class ImageRecord:
 class DatasetIndex:
     """All images of one split with their objects, and the categories: what every reader
     returns (``CocoIndex`` in data/coco.py, ``HfIndex`` in data/hf_dataset.py). The readers
-    differ only in where pixels come from (``load_image``)."""
+    differ only in where pixels come from (``load_image``, ``image_bytes``) and in whether a
+    COCO file stands behind them (``coco_annotations``)."""
 
     images_dir: Path
     annotation_file: Path
@@ -109,6 +118,32 @@ class DatasetIndex:
     def load_image(self, record: ImageRecord) -> Image.Image:
         """The record's decoded RGB image (EXIF applied): the one place pixels come from."""
         raise NotImplementedError
+
+    def image_bytes(self, record: ImageRecord) -> bytes:
+        """The record's image as encoded (for hashing): here its file, ``image_path``."""
+        return self.image_path(record).read_bytes()
+
+    def coco_annotations(self) -> list | None:
+        """The ``annotations`` list of the COCO file the index was read from, as written there
+        (ids included, which records do not keep); None where the source is not a COCO file."""
+        return None
+
+
+@dataclass
+class ImageDetections(Generic[Array]):
+    """Detections of one image: boxes [N, 4] (x0, y0, x1, y1) pixels of the original
+    image, scores [N], labels [N] contiguous class indices, category_ids [N] original ids.
+    ``model/postprocess.Detections`` holds torch tensors, the torch-free ONNX runtime's
+    ``NumpyDetections`` NumPy arrays."""
+
+    boxes: Array
+    scores: Array
+    labels: Array
+    category_ids: Array
+
+    def select(self, keep):
+        """The detections ``keep`` (a boolean mask or indices) picks, of the same type."""
+        return type(self)(self.boxes[keep], self.scores[keep], self.labels[keep], self.category_ids[keep])
 
 
 def resize_output_size(height: int, width: int, shortest: int, longest: int) -> tuple[int, int]:

@@ -36,38 +36,39 @@ def class_counts(splits: list[SplitData], path: Path) -> str:
     return _save(fig, path)
 
 
-def box_sizes(splits: list[SplitData], path: Path) -> str:
-    """sqrt(box area) in pixels, with COCO's small / medium / large limits (32 and 96 px)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    sides = [np.sqrt(s.boxes[:, 2] * s.boxes[:, 3]) for s in splits]
-    top = max([float(v.max()) for v in sides if len(v)] + [128.0])
-    bins = np.linspace(0, top, 40)
-    for s, v in zip(splits, sides):
+def _split_histograms(splits: list[SplitData], values: list[np.ndarray], bins: np.ndarray, path: Path,
+                      xlabel: str, ylabel: str, title: str, marks=()) -> str:
+    """One histogram of ``values`` per split (same bins, overlaid), with a dashed line and a
+    note at each (x, text) of ``marks``."""
+    fig, ax = _pyplot().subplots(figsize=(6, 3.5))
+    for s, v in zip(splits, values):
         ax.hist(v, bins=bins, alpha=0.6, label=s.name, color=SPLIT_COLOURS.get(s.name))
-    for limit, text in ((COCO_SMALL, "small | medium"), (COCO_MEDIUM, "medium | large")):
-        ax.axvline(np.sqrt(limit), color="k", ls="--", lw=1)
-        ax.text(np.sqrt(limit), ax.get_ylim()[1] * 0.95, " " + text, fontsize=8, va="top")
-    ax.set_xlabel("sqrt(box area), pixels of the original image")
-    ax.set_ylabel("boxes")
-    ax.set_title("Box sizes against COCO's areas")
+    for x, text in marks:
+        ax.axvline(x, color="k", ls="--", lw=1)
+        ax.text(x, ax.get_ylim()[1] * 0.95, " " + text, fontsize=8, va="top")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend()
     return _save(fig, path)
+
+
+def box_sizes(splits: list[SplitData], path: Path) -> str:
+    """sqrt(box area) in pixels, with COCO's small / medium / large limits (32 and 96 px)."""
+    sides = [np.sqrt(s.boxes[:, 2] * s.boxes[:, 3]) for s in splits]
+    top = max([float(v.max()) for v in sides if len(v)] + [128.0])
+    limits = ((np.sqrt(COCO_SMALL), "small | medium"), (np.sqrt(COCO_MEDIUM), "medium | large"))
+    return _split_histograms(splits, sides, np.linspace(0, top, 40), path,
+                             "sqrt(box area), pixels of the original image", "boxes", "Box sizes against COCO's areas",
+                             limits)
 
 
 def objects_per_image(splits: list[SplitData], path: Path) -> str:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    """Objects per image, a histogram per split."""
     counts = [s.index.object_counts() for s in splits]
     top = max([int(c.max()) for c in counts if len(c)] + [1])
-    bins = np.arange(top + 2) - 0.5
-    for s, c in zip(splits, counts):
-        ax.hist(c, bins=bins, alpha=0.6, label=s.name, color=SPLIT_COLOURS.get(s.name))
-    ax.set_xlabel("objects in the image")
-    ax.set_ylabel("images")
-    ax.set_title("Objects per image")
-    ax.legend()
-    return _save(fig, path)
+    return _split_histograms(splits, counts, np.arange(top + 2) - 0.5, path, "objects in the image", "images",
+                             "Objects per image")
 
 
 def image_sizes(splits: list[SplitData], path: Path) -> str:

@@ -38,6 +38,9 @@ class CocoIndex(DatasetIndex):
 
         return load_image(self.image_path(record))
 
+    def coco_annotations(self) -> list:
+        return read_json(self.annotation_file).get("annotations", [])
+
 
 def annotation_path(data_dir: Path, split: str) -> Path:
     return Path(data_dir) / "annotations" / f"{split}.json"

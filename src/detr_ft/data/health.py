@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detr_ft.data.coco import CocoIndex, annotation_path, read_json
+from detr_ft.data.coco import annotation_path
 from detr_ft.data.image_hash import file_digest, near_pairs, phash
 from detr_ft.data.padding import bucket_size, compute_buckets, pad_canvases, padded_pixel_fraction
 from detr_ft.types import DatasetIndex, ResizeSpec
@@ -206,9 +206,10 @@ def overlap_findings(s: SplitData, min_iou: float) -> list[Finding]:
 
 def annotation_id_findings(s: SplitData) -> list[Finding]:
     """Annotation ids missing, repeated, or restarting in every image (COCO files only)."""
-    if type(s.index) is not CocoIndex:
+    annotations = s.index.coco_annotations()
+    if annotations is None:
         return []
-    anns = [a for a in read_json(s.index.annotation_file).get("annotations", []) if isinstance(a, dict)]
+    anns = [a for a in annotations if isinstance(a, dict)]
     ids = [a.get("id") for a in anns]
     out = []
     missing = sum(not isinstance(i, int) or isinstance(i, bool) for i in ids)
@@ -249,19 +250,11 @@ def category_findings(s: SplitData) -> list[Finding]:
     return out
 
 
-def _image_bytes(index: DatasetIndex, record) -> bytes:
-    """The encoded bytes of a record's image: its file, or a 🤗 datasets cell."""
-    if type(index) is CocoIndex:
-        return index.image_path(record).read_bytes()
-    item = index.images[index.rows[record.image_id]]["image"]
-    return item.get("bytes") or Path(item["path"]).read_bytes()
-
-
 def fingerprints(s: SplitData) -> tuple[list[str], list[int]]:
     """(SHA-1 of the bytes, dHash) of every image of the split."""
     digests, hashes = [], []
     for r in s.index.records:
-        data = _image_bytes(s.index, r)
+        data = s.index.image_bytes(r)
         digests.append(file_digest(data))
         hashes.append(phash(io.BytesIO(data)))
     return digests, hashes

@@ -139,6 +139,11 @@ class HfIndex(DatasetIndex):
         item = self.images[self.rows[record.image_id]]["image"]
         return decode_image(_image_source(item), f"--hf-dataset image of image_id {record.image_id}")
 
+    def image_bytes(self, record: ImageRecord) -> bytes:
+        """The encoded bytes of the row's image cell (or of the file it names)."""
+        item = self.images[self.rows[record.image_id]]["image"]
+        return item.get("bytes") or Path(item["path"]).read_bytes()
+
 
 def _header_sizes(images) -> tuple[list[tuple[int | None, int | None]], dict[int, str]]:
     """(width, height) per row as displayed, from the image headers; and why, per row whose

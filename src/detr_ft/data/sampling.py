@@ -38,11 +38,12 @@ def _order(n: int, shuffle: bool, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-class EpochSampler(Sampler):
-    """All indices once per epoch (shuffled with (seed, epoch) when ``shuffle``), sharded by rank."""
+class _EpochShardedSampler(Sampler):
+    """What every detr-ft sampler shares: an epoch Lightning sets (``set_epoch``), a global order
+    for that epoch drawn from (seed, epoch) (``_items``), sharded by rank, each index tagged
+    with the epoch (``_tagged``)."""
 
-    def __init__(self, n: int, shuffle: bool, seed: int = 0):
-        self.n = n
+    def __init__(self, shuffle: bool, seed: int):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
@@ -50,14 +51,40 @@ class EpochSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _items(self) -> list:
+        """This epoch's items (indices or batches of indices), the same in every process."""
+        raise NotImplementedError
+
+    def _count(self) -> int:
+        return len(self._items())
+
+    def _tagged(self, item):
+        raise NotImplementedError
+
     def __len__(self) -> int:
         _, world_size = world()
-        return -(-self.n // world_size)
+        return -(-self._count() // world_size)
 
     def __iter__(self):
         rank, world_size = world()
-        order = _shard(_order(self.n, self.shuffle, self.seed, self.epoch), rank, world_size)
-        return iter([(i, self.epoch) for i in order])
+        return iter([self._tagged(item) for item in _shard(self._items(), rank, world_size)])
+
+
+class EpochSampler(_EpochShardedSampler):
+    """All indices once per epoch (shuffled with (seed, epoch) when ``shuffle``), sharded by rank."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int = 0):
+        super().__init__(shuffle, seed)
+        self.n = n
+
+    def _items(self) -> list[int]:
+        return _order(self.n, self.shuffle, self.seed, self.epoch)
+
+    def _count(self) -> int:
+        return self.n  # without drawing the order
+
+    def _tagged(self, i: int) -> tuple[int, int]:
+        return i, self.epoch
 
 
 def single_orientation_batches(order: list[int], aspects: list[float], batch_size: int, drop_last: bool = False,
@@ -86,7 +113,7 @@ def aspect_sorted_batches(aspects: list[float], batch_size: int, drop_last: bool
                                       batch_size, drop_last)
 
 
-class ShapeBatchSampler(Sampler):
+class ShapeBatchSampler(_EpochShardedSampler):
     """Batches of images of like shape, for padding to the batch's largest image (``--no-pad``)
     or to the canvas of its orientation (``--pad-canvases auto``).
 
@@ -100,18 +127,14 @@ class ShapeBatchSampler(Sampler):
 
     def __init__(self, aspects: list[float], batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False,
                  merge_short: bool = False):
+        super().__init__(shuffle, seed)
         self.aspects = list(aspects)
         self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
         self.drop_last = drop_last
         self.merge_short = merge_short
-        self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _batches(self) -> list[list[int]]:
+    def _items(self) -> list[list[int]]:
+        """This epoch's batches."""
         if not self.shuffle:
             return aspect_sorted_batches(self.aspects, self.batch_size, self.drop_last)
         order = _order(len(self.aspects), True, self.seed, self.epoch)
@@ -120,10 +143,5 @@ class ShapeBatchSampler(Sampler):
         perm = _order(len(batches), True, self.seed + 1, self.epoch)
         return [batches[k] for k in perm]
 
-    def __len__(self) -> int:
-        _, world_size = world()
-        return -(-len(self._batches()) // world_size)
-
-    def __iter__(self):
-        rank, world_size = world()
-        return iter([[(i, self.epoch) for i in b] for b in _shard(self._batches(), rank, world_size)])
+    def _tagged(self, batch: list[int]) -> list[tuple[int, int]]:
+        return [(i, self.epoch) for i in batch]

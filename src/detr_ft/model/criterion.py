@@ -11,6 +11,7 @@ shape, and the matching of all layers costs one device-to-host copy.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -42,6 +43,17 @@ def _layer_pair(output: LayerOutput) -> tuple[Tensor, Tensor]:
 def _weight_dict(config) -> dict[str, float]:
     """Per-layer loss weights as transformers sets them (loss_ce always 1)."""
     return {"loss_ce": 1.0, "loss_bbox": config.bbox_loss_coefficient, "loss_giou": config.giou_loss_coefficient}
+
+
+class _Match(NamedTuple):
+    """Every layer's matching and the loss normalisers: src_idx / matched [L, B, T] from the
+    matcher (slot t of image b takes query src_idx where matched), num_boxes and ce_weight_sum
+    (``SetCriterion._normalisers``)."""
+
+    src_idx: Tensor
+    matched: Tensor
+    num_boxes: Tensor
+    ce_weight_sum: Tensor
 
 
 class SetCriterion(nn.Module):
@@ -77,12 +89,16 @@ class SetCriterion(nn.Module):
     def from_config(cls, config) -> "SetCriterion":
         """Build from a transformers ``DetrConfig`` (costs, coefficients, num_labels, auxiliary_loss).
 
-        A focal family's config (``ConditionalDetrConfig``) gives a ``FocalSetCriterion``, as transformers does.
+        A focal family's config (``ConditionalDetrConfig``) gives a ``FocalSetCriterion``, as transformers does;
+        the two differ in their matcher and their class option (``eos_coefficient``, ``focal_alpha``).
         """
         if family_of(config).loss == "focal":  # as transformers' DeformableDetr loss
-            return FocalSetCriterion.from_config(config)
-        matcher = HungarianMatcher(config.class_cost, config.bbox_cost, config.giou_cost)
-        return cls(config.num_labels, matcher, config.eos_coefficient, _weight_dict(config), config.auxiliary_loss)
+            kind, matcher_type, class_option = FocalSetCriterion, FocalHungarianMatcher, config.focal_alpha
+        else:
+            kind, matcher_type, class_option = cls, HungarianMatcher, config.eos_coefficient
+        matcher = matcher_type(config.class_cost, config.bbox_cost, config.giou_cost)
+        return kind(config.num_labels, matcher, class_option, weight_dict=_weight_dict(config),
+                    aux_loss=config.auxiliary_loss)
 
     def forward(
         self,
@@ -115,9 +131,9 @@ class SetCriterion(nn.Module):
 
         # Match every layer in one go: one cost tensor [L, B, Q, T], one copy to the host.
         src_idx, matched = self.matcher(all_logits.detach(), all_boxes.detach(), labels, boxes, valid)
-        num_boxes, ce_weight_sum = self._normalisers(valid, matched[0], logits.shape[1])
+        match = _Match(src_idx, matched, *self._normalisers(valid, matched[0], logits.shape[1]))
 
-        parts = self._losses(all_logits, all_boxes, labels, boxes, valid, src_idx, matched, num_boxes, ce_weight_sum)
+        parts = self._losses(all_logits, all_boxes, labels, boxes, valid, match)
         total = sum(parts[k] * w for k, w in self.weight_dict.items()).sum()
         losses: dict[str, Tensor] = {}
         for i in range(len(layers)):  # transformers' names: final layer plain, aux layer i suffixed
@@ -125,20 +141,11 @@ class SetCriterion(nn.Module):
             losses.update({k + suffix: v[i] for k, v in parts.items()})
         return {"loss": total, **losses}
 
-    def _losses(
-        self,
-        logits: Tensor,
-        pred_boxes: Tensor,
-        labels: Tensor,
-        boxes: Tensor,
-        valid: Tensor,
-        src_idx: Tensor,
-        matched: Tensor,
-        num_boxes: Tensor,
-        ce_weight_sum: Tensor,
-    ) -> dict[str, Tensor]:
-        """Each loss per layer, [L]; logits [L, B, Q, K], pred_boxes [L, B, Q, 4], src_idx /
-        matched [L, B, T] from the matcher, targets [B, T] shared by all layers."""
+    def _losses(self, logits: Tensor, pred_boxes: Tensor, labels: Tensor, boxes: Tensor, valid: Tensor,
+                match: _Match) -> dict[str, Tensor]:
+        """Each loss per layer, [L]; logits [L, B, Q, K], pred_boxes [L, B, Q, 4], targets [B, T]
+        shared by all layers, ``match`` every layer's."""
+        src_idx, matched, num_boxes, ce_weight_sum = match
         logits = _upcast(logits)
         num_layers, batch_size, num_queries = logits.shape[:3]
 
@@ -215,22 +222,10 @@ class FocalSetCriterion(SetCriterion):
     computes it (its weight stays 1: transformers ignores ``cls_loss_coefficient``).
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        matcher: FocalHungarianMatcher,
-        focal_alpha: float = 0.25,
-        weight_dict: Mapping[str, float] | None = None,
-        aux_loss: bool = True,
-    ):
-        super().__init__(num_classes, matcher, eos_coef=1.0, weight_dict=weight_dict, aux_loss=aux_loss)
+    def __init__(self, num_classes: int, matcher: FocalHungarianMatcher, focal_alpha: float = 0.25, **options):
+        """``options``: ``SetCriterion``'s ``weight_dict`` and ``aux_loss``; no ``eos_coef`` (no no-object class)."""
+        super().__init__(num_classes, matcher, eos_coef=1.0, **options)
         self.focal_alpha = focal_alpha
-
-    @classmethod
-    def from_config(cls, config) -> "FocalSetCriterion":
-        """Build from a transformers ``ConditionalDetrConfig``."""
-        matcher = FocalHungarianMatcher(config.class_cost, config.bbox_cost, config.giou_cost)
-        return cls(config.num_labels, matcher, config.focal_alpha, _weight_dict(config), config.auxiliary_loss)
 
     def _loss_ce(self, logits: Tensor, target_classes: Tensor, num_boxes: Tensor, ce_weight_sum: Tensor) -> Tensor:
         """Sigmoid focal loss per layer [L]; logits [L, B, Q, C], target_classes [L, B, Q] (C = no object).

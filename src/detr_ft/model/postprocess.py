@@ -12,21 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
-from detr_ft.types import Categories
-# and the most COCO evaluation counts (RT-DETR's processor keeps num_queries; with up to 100
-# queries those are the top of these).
-SIGMOID_TOP_K = 100
+from detr_ft.types import SIGMOID_TOP_K, Categories, ImageDetections
 
 
 @dataclass
-class Detections:
-    """Detections of one image: boxes [N, 4] (x0, y0, x1, y1) pixels of the original
-    image, scores [N], labels [N] contiguous class indices, category_ids [N] original ids."""
-
-    boxes: torch.Tensor
-    scores: torch.Tensor
-    labels: torch.Tensor
-    category_ids: torch.Tensor
+class Detections(ImageDetections["torch.Tensor"]):
+    """``ImageDetections`` in torch tensors (on the host)."""
 
 
 def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
