@@ -172,6 +172,4 @@ class Detector:
 def keep_above(dets: Detections, per_label: list[float]) -> Detections:
     """The detections whose score reaches their class's threshold (``per_label``: one per contiguous label)."""
     t = torch.tensor(per_label, dtype=dets.scores.dtype, device=dets.scores.device)[dets.labels]
-    k = dets.scores >= t
-    return Detections(dets.boxes[k], dets.scores[k], dets.labels[k], dets.category_ids[k])
-
+    return dets.select(dets.scores >= t)
