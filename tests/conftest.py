@@ -26,6 +26,17 @@ def synthetic_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    """4 training and 2 validation images, long side 64 px: the per-family training runs
+    (resume, --compile, --autocast, DDP), 2 steps an epoch at batch 2."""
+    from detr_ft.data.synthetic import SyntheticSpec, generate
+
+    out = tmp_path_factory.mktemp("tiny")
+    generate(out, train=4, val=2, seed=3, spec=SyntheticSpec(size=64, max_objects=4))
+    return out
+
+
+@pytest.fixture(scope="session")
 def trained_run(synthetic_dir, tmp_path_factory) -> Path:
     """A detr-tiny run of a few steps through the CLI; its output dir."""
     from detr_ft.cli import main

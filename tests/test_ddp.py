@@ -132,3 +132,61 @@ def test_two_cpu_processes_match_one_in_weights_and_validation(varied_model, syn
     assert summary["one"]["map_50"] > 0.5
     assert summary["two"]["map_50"] == pytest.approx(summary["one"]["map_50"], abs=1e-6)
     assert summary["two"]["map"] == pytest.approx(summary["one"]["map"], abs=1e-6)
+
+
+# --- every family under DDP: the processes' replicas stay one model ---------------------------
+
+
+def rank_weights_callback():
+    """A Lightning callback that writes each process's parameters when training ends (rank<R>.pt in
+    the run's directory): DDP's replicas must end equal."""
+    import lightning as L
+
+    class RankWeights(L.Callback):
+        def on_train_end(self, trainer, module):
+            torch.save({n: p.detach().clone() for n, p in module.model.named_parameters()},
+                       os.path.join(trainer.default_root_dir, f"rank{trainer.global_rank}.pt"))
+
+    return RankWeights()
+
+
+def train_families_under_ddp(out: str, data: str, presets: list[str]) -> None:
+    """Train each preset in turn, 2 CPU processes (gloo), one process group for all: the script half of
+    the test below (Lightning starts the second process by running this file again)."""
+    from detr_ft.config import TrainConfig
+    from detr_ft.train import fit
+    from test_families import small_images
+
+    for preset in presets:
+        size = small_images(preset)[1:]
+        fit(TrainConfig(output_dir=os.path.join(out, preset), data_dir=data, model=preset, device="cpu", devices=2,
+                        strategy="ddp", batch_size=1, max_epochs=1, num_workers=0, train_only=True, seed=3,
+                        image_size=[int(v) for v in size] or None), (rank_weights_callback(),))
+
+
+@pytest.mark.slow
+def test_every_family_trains_under_ddp_with_the_replicas_equal(tiny_data_dir, tmp_path):
+    """Every preset, each 2 steps on 2 CPU processes (global batch 2): training runs, the losses are
+    finite, and the two processes end with bit-identical parameters (DDP averaged the gradients of every
+    parameter). Conditional DETR and RF-DETR leave parameters out of every loss, the RT-DETR line on a
+    batch without objects: DDP runs with find_unused_parameters (devices.ddp_tolerating_unused). One
+    launch trains them all in turn (the processes start once)."""
+    from test_families import ALL_PRESETS, installed
+
+    presets = installed(ALL_PRESETS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, __file__, str(tmp_path), str(tiny_data_dir), *presets], capture_output=True,
+                         text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for preset in presets:
+        out = tmp_path / preset
+        summary = json.loads((out / "metrics.json").read_text())
+        assert summary["world_size"] == 2 and summary["steps"] == 2, preset
+        assert len(step_losses(out)) == 2 and np.isfinite(step_losses(out)).all(), preset
+        ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+        assert ranks[0].keys() == ranks[1].keys() and ranks[0], preset
+        assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0]), preset
+
+
+if __name__ == "__main__":  # the script half of test_every_family_trains_under_ddp_with_the_replicas_equal
+    train_families_under_ddp(sys.argv[1], sys.argv[2], sys.argv[3:])

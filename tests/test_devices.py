@@ -81,3 +81,18 @@ def test_other_devices_are_lightnings_own():
     assert (cpu.accelerator, cpu.strategy, cpu.plugins, cpu.precision) == ("cpu", "auto", [], "bf16-mixed")
     model = torch.nn.Linear(2, 2)
     assert accelerate_inference(model, torch.device("cpu")) is model
+
+
+def test_several_processes_run_ddp_with_find_unused_parameters():
+    """Over several processes DDP lets a parameter sit out a step's loss (Conditional DETR's unread ResNet
+    stages, RF-DETR's mask token, the RT-DETR line's denoising embedding on a batch without objects: see
+    test_ddp's family runs); one process, and strategies other than DDP, stay as given."""
+    def strategy(name, devices=2, num_nodes=1):
+        return trainer_device("cpu", devices=devices, num_nodes=num_nodes, strategy=name, autocast=False).strategy
+
+    assert strategy("ddp") == strategy("auto") == "ddp_find_unused_parameters_true"
+    assert strategy("ddp", devices=1, num_nodes=2) == "ddp_find_unused_parameters_true"
+    assert strategy("ddp_spawn") == "ddp_spawn_find_unused_parameters_true"
+    assert strategy("ddp_find_unused_parameters_false") == "ddp_find_unused_parameters_false"  # said outright
+    assert strategy("fsdp") == "fsdp" and strategy("auto", devices=1) == strategy("auto", devices=-1) == "auto"
+    assert strategy("ddp", devices=1) == "ddp"

@@ -40,6 +40,22 @@ NEW_PRESETS = available(("conditional-detr-tiny", "rtdetr-tiny", "rtdetr-v2-tiny
                          "deformable-detr-tiny", "dab-detr-tiny", "lwdetr-tiny", "rfdetr-tiny"))
 RTDETR_LINE = available(("rtdetr-tiny", "rtdetr-v2-tiny", "dfine-tiny", "deimv2-tiny"))  # transformers' loss, denoising
 GROUP_DETR_LINE = available(("lwdetr-tiny", "rfdetr-tiny"))  # transformers' loss, Group-DETR query groups
+ALL_PRESETS = available(("detr-tiny", "conditional-detr-tiny", "deformable-detr-tiny", "dab-detr-tiny", "rtdetr-tiny",
+                         "rtdetr-v2-tiny", "dfine-tiny", "deimv2-tiny", "lwdetr-tiny", "rfdetr-tiny"))
+
+
+def installed(params) -> list[str]:
+    """The presets among ``available``'s params whose family the installed transformers has."""
+    return [p.values[0] for p in params if not any(m.args[0] for m in p.marks if m.name == "skipif")]
+
+
+def small_images(preset: str) -> list[str]:
+    """train flags for the smallest images a preset trains on in the per-family runs: 64 / 96 px where
+    its resize keeps the aspect (stride 32 still sees a 2 x 3 map; a 96 x 96 canvas is a multiple of it),
+    none where its size is fixed (LW-DETR, RF-DETR: 128 x 128, what their windowed ViTs read)."""
+    from detr_ft.model.families import family_of_preset
+
+    return [] if family_of_preset(preset).resize.fixed is not None else ["--image-size", "64", "96"]
 
 
 def images(batch_size: int, height: int, width: int, real_widths=None, seed: int = 0):

@@ -18,6 +18,7 @@ from detr_ft.data.sampling import EpochSampler, ShapeBatchSampler, _shard, aspec
 from detr_ft.engine import DetrModule, OptimConfig
 from detr_ft.model.build import PRESETS, build_model
 from detr_ft.types import ResizeSpec
+from test_families import ALL_PRESETS, available, small_images
 
 RESIZE = ResizeSpec(96, 144)
 
@@ -199,6 +200,31 @@ def test_compile_compiles_the_train_and_eval_forward_once_each_with_uneven_split
     assert np.isfinite([float(x) for x in step_losses(tmp_path / "run")]).all()
 
 
+# One preset per line of forward code (model/outputs.py and the transformers model it runs): --compile is
+# too costly on 2 cores for all ten. Stand-ins: RT-DETR for RT-DETRv2 and DEIMv2 (the same compiled parts),
+# LW-DETR for RF-DETR (the Group-DETR path), DAB-DETR for Conditional DETR (DETR-like base models; a
+# one-off run of Conditional DETR compiled once too); DETR: the test above.
+COMPILE_LINES = available(("deformable-detr-tiny", "dab-detr-tiny", "rtdetr-tiny", "dfine-tiny", "lwdetr-tiny"))
+
+
+@pytest.mark.parametrize("preset", COMPILE_LINES)
+def test_compile_with_pad_compiles_each_family_line_once(preset, tiny_data_dir, tmp_path, monkeypatch):
+    """``--compile --pad``, one family per line of forward code (COMPILE_LINES): 4 training steps,
+    one compilation, none after the first step, finite losses. Dynamo traces the forward and AOTAutograd
+    the backward as in a real run; the graphs then run eagerly (``aot_eager``): inductor's code
+    generation, a minute a family on 2 cores, runs for DETR above. Sees graph breaks that hide a shape
+    guard, data-dependent shapes and code dynamo cannot trace."""
+    real_compile = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, **kwargs: real_compile(self, **{**kwargs, "backend": "aot_eager"}))
+    out = tmp_path / "run"
+    summary = run_train(tiny_data_dir, out, "--model", preset, *small_images(preset), "--batch-size", "2",
+                        "--max-steps", "4", "--train-only", "--pad", "--num-buckets", "1", "--compile")
+    assert summary["steps"] == 4 and summary["recompiles"] == 1
+    losses = [float(x) for x in step_losses(out)]
+    assert len(losses) == 4 and np.isfinite(losses).all()
+
+
 def test_pad_canvases_auto_reports_the_saving(synthetic_dir, tmp_path):
     summary = run_train(synthetic_dir, tmp_path, "--max-steps", "3", "--pad", "--pad-canvases", "auto",
                         "--num-buckets", "1", "--train-only")
@@ -271,14 +297,16 @@ def test_deterministic_runs_are_bit_identical_with_single_process_loading(synthe
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_autocast_trains_in_bf16_on_cpu(synthetic_dir, tmp_path, monkeypatch):
-    """``--autocast``: every convolution and linear layer of each training step's forward runs in
-    bfloat16 (forward hooks inside the run); the losses stay finite. Without it, float32."""
+@pytest.mark.parametrize("preset", ALL_PRESETS)
+def test_autocast_trains_in_bf16_on_cpu(preset, synthetic_dir, tmp_path, monkeypatch):
+    """``--autocast``, every family: every convolution and linear layer of each training step's forward
+    runs in bfloat16 (forward hooks inside the run); the losses stay finite. Without it, float32."""
+    model = ["--model", preset, *small_images(preset)]  # after run_train's --model: argparse takes the last
     steps = train_watched(monkeypatch, synthetic_dir, tmp_path / "bf16", "--max-steps", "2", "--autocast",
-                          "--train-only")
+                          "--train-only", *model)
     assert len(steps) == 2 and all(s["conv"] == s["linear"] == {torch.bfloat16} for s in steps), steps
     losses = [float(x) for x in step_losses(tmp_path / "bf16")]
     assert len(losses) == 2 and np.isfinite(losses).all()
     assert "autocast: true" in (tmp_path / "bf16" / "config.yaml").read_text()
-    steps = train_watched(monkeypatch, synthetic_dir, tmp_path / "fp32", "--max-steps", "1", "--train-only")
+    steps = train_watched(monkeypatch, synthetic_dir, tmp_path / "fp32", "--max-steps", "1", "--train-only", *model)
     assert steps[0]["conv"] == steps[0]["linear"] == {torch.float32}

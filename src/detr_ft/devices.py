@@ -148,7 +148,7 @@ def trainer_device(device: str, devices: int, num_nodes: int, strategy: str, aut
     if device == "cuda" and devices > torch.cuda.device_count():
         raise UserError(f"--devices {devices}: only {torch.cuda.device_count()} CUDA device(s) visible")
     if device != "hpu":
-        return TrainerDevice(device, strategy, precision=precision)
+        return TrainerDevice(device, ddp_tolerating_unused(strategy, devices, num_nodes), precision=precision)
     try:
         from lightning_habana.pytorch.accelerator import HPUAccelerator
         from lightning_habana.pytorch.plugins import HPUPrecisionPlugin
@@ -159,6 +159,26 @@ def trainer_device(device: str, devices: int, num_nodes: int, strategy: str, aut
     if strategy == "auto":
         strategy = HPUDDPStrategy() if devices * num_nodes > 1 else SingleHPUStrategy()
     return TrainerDevice(HPUAccelerator(), strategy, plugins=[HPUPrecisionPlugin(precision=precision)])
+
+
+DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+def ddp_tolerating_unused(strategy, devices: int, num_nodes: int):
+    """Lightning's name of ``strategy`` with DDP's ``find_unused_parameters`` on, where it runs several
+    processes ("auto" too, as Lightning would pick: ``ddp``, ``ddp_fork`` in an interactive session).
+
+    Some families leave parameters out of a step's loss: Conditional DETR's tiny ResNet runs stages past
+    the one it reads, RF-DETR's DINOv2 keeps a mask token detection never uses, the RT-DETR line's
+    denoising embedding sits out a batch without objects. Plain DDP stops on them at the next step
+    ("parameters that were not used in producing loss"). Other strategies (and objects) as given."""
+    if not isinstance(strategy, str) or not (devices > 1 or num_nodes > 1):
+        return strategy
+    if strategy == "auto":
+        from lightning.fabric.utilities.imports import _IS_INTERACTIVE
+
+        strategy = "ddp_fork" if _IS_INTERACTIVE and num_nodes == 1 else "ddp"
+    return f"{strategy}_find_unused_parameters_true" if strategy in DDP_STRATEGIES else strategy
 
 
 def accelerate_inference(model: torch.nn.Module, device: torch.device, cuda_graphs: bool = False) -> torch.nn.Module:

@@ -69,8 +69,8 @@ def newest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def compilations(model: torch.nn.Module) -> int:
-    """How many variants of the compiled model forward exist: 1 after the first compile,
-    one more for every recompilation (a new shape, say). Graph breaks inside
+    """How many variants of a compiled module's forward exist: 1 after the first compile,
+    one more for every recompilation (a new shape, say); a run reports the most of its compiled parts'. Graph breaks inside
     transformers' code split a variant into several graphs but do not count here."""
     try:
         from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
@@ -198,7 +198,8 @@ def prepare_model(cfg: TrainConfig, bundle: ModelBundle) -> None:
     say_if_slow_bf16(kind, cfg.autocast)
     if cfg.compile:
         torch._dynamo.reset()
-        bundle.model.model.compile(dynamic=False)
+        for part in family_of(bundle.model).compile_parts(bundle.model):
+            part.compile(dynamic=False)
 
 
 def detection_data(cfg: TrainConfig, bundle: ModelBundle, augment, plan: ShapePlan, train_index,
@@ -315,7 +316,7 @@ def run_summary(cfg: TrainConfig, trainer: L.Trainer, module: DetrModule, bundle
         "augment": dataclasses.asdict(augment),  # the preset with the knobs given, as trained
         "padded_pixel_fraction": round(pad_fraction, 4),
         "padded_pixel_fraction_square": round(square.padded_fraction(resized), 4) if plan.static else None,
-        "recompiles": compilations(module.model.model) if cfg.compile else None,
+        "recompiles": max(map(compilations, module.family.compile_parts(module.model))) if cfg.compile else None,
         "model": cfg.model if not cfg.use_ckpt else cfg.ckpt_path,
         "data": {"train": train_index.report.to_dict(),
                  **({"test": val_index.report.to_dict()} if val_index is not None else {})},

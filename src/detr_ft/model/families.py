@@ -29,6 +29,21 @@ from detr_ft.model import outputs, presets
 from detr_ft.types import ResizeSpec
 
 
+def base_model(model: nn.Module) -> list[nn.Module]:
+    """What ``--compile`` compiles of most families: the base model (backbone, encoder, decoder)."""
+    return [model.model]
+
+
+def backbone_and_encoder(model: nn.Module) -> list[nn.Module]:
+    """What ``--compile`` compiles of the RT-DETR line: its backbone and hybrid encoder, which see the
+    canvas's shapes only. Its base model's forward also builds the training denoising queries from the
+    batch's real objects (their number sets the decoder's shapes): compiled whole, it recompiled at
+    nearly every step."""
+    inner = model.model
+    backbone = inner.conv_encoder if hasattr(inner, "conv_encoder") else inner.backbone  # DEIMv2: conv_encoder
+    return [backbone, inner.encoder]
+
+
 @dataclass(frozen=True)
 class Family:
     """How detr-ft trains and runs one transformers ``model_type``.
@@ -37,6 +52,7 @@ class Family:
     loss_forward(model, pixel_values, pixel_mask, targets) -> (DetectionOutputs, losses):
         the forward with transformers' loss on the real objects (``loss == "transformers"`` only).
     processor: the transformers image processor class its directories carry.
+    compile_parts(model) -> the modules ``--compile`` compiles (static shapes on a --pad canvas).
     """
 
     model_type: str
@@ -52,6 +68,7 @@ class Family:
     # pretrained: a ResNet's stem and first stage stay frozen (the original DETR); False: the whole
     # backbone trains (LW-DETR's and RF-DETR's ViTs, as their originals fine-tune them)
     freezes_resnet_stem: bool = True
+    compile_parts: Callable = base_model
 
     def require_available(self, what: str) -> None:
         """A ``UserError`` naming the transformers version the family needs, where the installed one lacks it."""
@@ -80,15 +97,18 @@ FAMILIES: tuple[Family, ...] = (
     Family("dab-detr", "focal", "sigmoid", outputs.dab_detr_outputs, "dab-detr-tiny", presets.dab_detr_tiny,
            ResizeSpec(shortest=96, longest=160), "ConditionalDetrImageProcessor"),
     Family("rt_detr", "transformers", "sigmoid", outputs.rtdetr_outputs, "rtdetr-tiny", presets.rtdetr_tiny,
-           ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", loss_forward=outputs.rtdetr_forward),
+           ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", loss_forward=outputs.rtdetr_forward,
+           compile_parts=backbone_and_encoder),
     Family("rt_detr_v2", "transformers", "sigmoid", outputs.rtdetr_outputs, "rtdetr-v2-tiny",
            presets.rtdetr_v2_tiny, ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor",
-           loss_forward=outputs.rtdetr_forward),
+           loss_forward=outputs.rtdetr_forward,
+           compile_parts=backbone_and_encoder),
     Family("d_fine", "transformers", "sigmoid", outputs.rtdetr_outputs, "dfine-tiny", presets.dfine_tiny,
-           ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", loss_forward=outputs.rtdetr_forward),
+           ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", loss_forward=outputs.rtdetr_forward,
+           compile_parts=backbone_and_encoder),
     Family("deimv2", "transformers", "sigmoid", outputs.rtdetr_outputs, "deimv2-tiny", presets.deimv2_tiny,
            ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", loss_forward=outputs.rtdetr_forward,
-           needs_transformers="5.18"),
+           needs_transformers="5.18", compile_parts=backbone_and_encoder),
     # windowed-ViT backbones: a fixed square size (a multiple of patch x windows, as their originals);
     # Deformable DETR's processor is LW-DETR's own, and does RF-DETR's (whose own needs torchvision)
     Family("lw_detr", "transformers", "sigmoid", outputs.group_detr_outputs, "lwdetr-tiny", presets.lwdetr_tiny,
