@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
 from conftest import assert_same_detections, coco_as_detections
 from detr_ft.cli import main
 
@@ -76,7 +78,9 @@ def test_bench_bf16_train_only(tmp_path):
     (["--what", "train,bogus"], "--what"),
     (["--image-size", "12x"], "--image-size"),
     (["--image-size", "16"], "--image-size"),
-    (["--model", "rtdetr-tiny"], "--model"),
+    (["--model", "yolos-tiny"], "--model"),
+    (["--model", "rtdetr-tiny", "--image-size", "100"], "--image-size 128x128"),
+    (["--model", "lwdetr-tiny", "--image-size", "64"], "lw_detr"),
     (["--batch-size", "0"], "--batch-size"),
     (["--workers", "a,b"], "--workers"),
     (["--images", "3", "--batch-size", "2"], "--images"),
@@ -86,6 +90,54 @@ def test_bench_mistakes_exit_2_with_one_line(argv, needle, tmp_path, capsys):
     assert main(["bench", *argv, "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
+
+
+FAMILY_BENCH = [pytest.param(model, size, id=model,
+                             marks=pytest.mark.skipif(model_type not in CONFIG_MAPPING_NAMES,
+                                                      reason="not in this transformers version"))
+                for model, size, model_type in (("rtdetr-tiny", "64", "rt_detr"), ("lwdetr-tiny", "96", "lw_detr"),
+                                                ("deformable-detr-tiny", "64", "deformable_detr"))]
+
+
+@pytest.mark.compat
+@pytest.mark.parametrize("model, size", FAMILY_BENCH)
+def test_bench_trains_and_infers_any_family_against_its_own_transformers_classes(model, size, tmp_path, capsys):
+    """The RT-DETR line, the Group-DETR line and Deformable DETR: the stock side is the family's image
+    processor, ``...ForObjectDetection`` with its own loss from ``labels`` and the pipeline."""
+    from detr_ft.model.families import family_of_preset
+
+    path = tmp_path / "r.json"
+    rc = main(["bench", "--what", "train,infer", "--model", model, "--image-size", size, "--batch-size", "2",
+               "--steps", "1", "--warmup", "0", "--rounds", "1", "--images", "4", "--no-memory", "--device", "cpu",
+               "--json", str(path), "--output-dir", str(tmp_path / "o")])
+    assert rc == 0
+    records = json.loads(path.read_text())
+    assert [r["benchmark"] for r in records] == ["train", "overhead", "infer", "latency"]
+    assert all(r["config"].startswith(f"{model} {size}x{size}") for r in records)
+    stdout = capsys.readouterr().out
+    assert family_of_preset(model).processor in stdout  # the family's own image processor ran the stock side
+
+
+@pytest.mark.compat
+def test_bench_reads_a_model_directory_and_sizes_by_its_family(tmp_path):
+    """A directory is benched as its family: a fixed resize where the family's forward takes only some
+    canvases (the stock side does not pad), a size it does not take is one line naming the one to use;
+    only a family with a no-object class gets the original's object-bucket padding of stock targets."""
+    from detr_ft.bench.config import BenchConfig
+    from detr_ft.bench.models import bench_family
+    from detr_ft.errors import UserError
+    from detr_ft.model.build import build_model
+
+    build_model("rtdetr-tiny", {0: "a", 1: "b"}).model.save_pretrained(tmp_path)
+    cfg = BenchConfig(model=str(tmp_path), image_size=(64, 64)).resolved()
+    family, config, own = bench_family(str(tmp_path))
+    assert family.model_type == "rt_detr" and not family.has_no_object_class
+    assert cfg.resize(family, own).fixed == (64, 64)
+    with pytest.raises(UserError, match="--image-size 96x96"):
+        BenchConfig(model=str(tmp_path), image_size=(80, 80)).resolved()
+    detr, detr_config, detr_own = bench_family("detr-tiny")
+    assert detr.has_no_object_class
+    assert BenchConfig(image_size=(64, 64)).resolved().resize(detr, detr_own).fixed is None  # DETR's proportions
 
 
 def test_bench_without_pycocotools_names_the_extra(monkeypatch, tmp_path, capsys):

@@ -370,10 +370,12 @@ def build_parser() -> CommandLine:
     bench.add_argument("--what", default="train,static,infer,startup,data",
                        help="comma-separated subset of train,static,infer,startup,data; also infer-onnx (ONNX Runtime "
                             "against PyTorch, needs the onnx extra)")
-    bench.add_argument("--model", default="detr-tiny", help="detr-tiny, or detr-r50 (DETR-R50 architecture, "
-                                                            "random weights)")
-    bench.add_argument("--image-size", help="S (S x S) or HxW (default: 320 for detr-tiny, 512 for detr-r50)")
-    bench.add_argument("--batch-size", type=int, help="default: 16 for detr-tiny, 2 for detr-r50")
+    bench.add_argument("--model", default="detr-tiny", help="a preset of any family (detr-tiny, rtdetr-tiny, "
+                                                            "lwdetr-tiny, ...), detr-r50 (DETR-R50 architecture, "
+                                                            "random weights) or a Hugging Face model directory; "
+                                                            "the stock side is its family's transformers classes")
+    bench.add_argument("--image-size", help="S (S x S) or HxW (default: 320, 512 for detr-r50)")
+    bench.add_argument("--batch-size", type=int, help="default: 8, 16 for detr-tiny, 2 for detr-r50")
     bench.add_argument("--steps", type=int, default=10, help="timed steps per side")
     bench.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
     bench.add_argument("--rounds", type=int, default=3, help="timed passes per side (data, startup, infer)")

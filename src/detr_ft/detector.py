@@ -109,6 +109,8 @@ class Detector:
         else:
             raise UserError(f"{path}: no such checkpoint file or model directory")
         resize_spec = resize_spec.with_image_size(image_size)
+        what = f"--image-size {' '.join(map(str, image_size))}" if image_size else str(path)
+        family_of(model).check_image_size(model.config, resize_spec, what)
         return cls(model, resize_spec, categories, device=device, shapes=ShapePlan.fixed(canvas),
                    channels_last=channels_last, autocast=autocast, thresholds=load_thresholds(path, thresholds),
                    source=str(path))

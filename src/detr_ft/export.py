@@ -40,17 +40,21 @@ def image_processor_for(model, resize: ResizeSpec):
     ``AutoImageProcessor`` does; the saved ``image_processor_type`` is the
     family's base name either way, so any transformers version loads it.
     """
+    from detr_ft.model.families import family_of
+
+    return image_processor_named(family_of(model).processor, resize, f"export: {type(model).__name__}")
+
+
+def image_processor_named(base: str, resize: ResizeSpec, what: str):
+    """The transformers image processor class ``base`` (its PIL-backed variant without torchvision)
+    configured with ``resize``; ``what`` starts the error where this transformers lacks it."""
     import transformers
     from transformers.utils import is_torchvision_available
 
-    from detr_ft.model.families import family_of
-
-    base = family_of(model).processor
     cls = getattr(transformers, base + "Pil", None) if not is_torchvision_available() else None
     cls = cls or getattr(transformers, base, None)
     if cls is None:
-        raise UserError(f"export: transformers {transformers.__version__} has no image processor {base} "
-                        f"for {type(model).__name__}")
+        raise UserError(f"{what}: transformers {transformers.__version__} has no image processor {base}")
     if resize.fixed is not None:
         size = {"height": resize.fixed[0], "width": resize.fixed[1]}
     else:

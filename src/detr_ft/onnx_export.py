@@ -49,6 +49,10 @@ METADATA_THRESHOLDS = "detr_ft_thresholds"      # {category_id: score threshold}
 FORMAT_VERSION = 1
 
 
+class NotExportable(UserError):
+    """A family this exporter cannot write, or whose graph ONNX Runtime cannot run as PyTorch does (one line)."""
+
+
 def onnx_metadata(categories: Categories, resize: ResizeSpec, family: str, canvas: tuple[int, int],
                   batch_size: int | None, thresholds: dict[int, float] | None) -> dict[str, str]:
     """The ``metadata_props`` of an exported file: what ``onnx_runtime`` reads back."""
@@ -133,7 +137,7 @@ def export_onnx(ckpt_path: str, out_path: Path, pad_size: tuple[int, int] | None
                               output_names=list(OUTPUTS), opset_version=OPSET, dynamo=False,
                               dynamic_axes=axes, training=torch.onnx.TrainingMode.PRESERVE)
     except Exception as e:  # noqa: BLE001  (any exporter failure: one line naming what did not export)
-        raise UserError(f"export --format onnx: the {family} family does not export to ONNX opset {OPSET} "
+        raise NotExportable(f"export --format onnx: the {family} family does not export to ONNX opset {OPSET} "
                         f"({unexported_operator(e)})") from None
     try:
         if parity_check:
@@ -208,7 +212,7 @@ def check_parity(graph, path: Path, batch_size: int, canvas: tuple[int, int], fa
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001  (ONNX Runtime's own error types)
         found = re.search(r"implementation for (\w+\(\d+\))", str(e))
-        raise UserError(f"export --format onnx: the {family} family exports, but ONNX Runtime cannot run its graph "
+        raise NotExportable(f"export --format onnx: the {family} family exports, but ONNX Runtime cannot run its graph "
                         f"({'operator ' + found.group(1) if found else first_line(e)}); use the Hugging Face "
                         f"format (--format hf) for this family") from None
     feed = {"pixel_values": pixels.numpy(), "pixel_mask": mask.numpy()}
@@ -217,7 +221,7 @@ def check_parity(graph, path: Path, batch_size: int, canvas: tuple[int, int], fa
     every = len(got[0][0])  # the nearest among all of ONNX Runtime's queries: ties may reorder the top ones
     diff = unmatched_distance(top_queries(*expected, softmax, PROBE_TOP), top_queries(*got, softmax, every))
     if not diff <= PARITY_TOLERANCE:
-        raise UserError(f"export --format onnx: the {family} family does not export faithfully: ONNX Runtime's "
+        raise NotExportable(f"export --format onnx: the {family} family does not export faithfully: ONNX Runtime's "
                         f"top detections on a probe batch differ from PyTorch's by {diff:.3g} (tolerance "
                         f"{PARITY_TOLERANCE:g}); a barely trained RT-DETR whose queries tie picks other ones in "
                         f"either runtime: --no-parity-check writes it anyway")

@@ -175,6 +175,8 @@ def model_and_augmentation(cfg: TrainConfig, categories):
     """The model to fine-tune (new or --use-ckpt's) at the training resolution, and its augmentation."""
     bundle = warm_start_bundle(cfg, categories) if cfg.use_ckpt else build_model(cfg.model, categories.id2label)
     bundle.resize = bundle.resize.with_image_size(cfg.image_size)  # saved in the checkpoint with the model
+    what = f"--image-size {' '.join(map(str, cfg.image_size))}" if cfg.image_size else f"--model {cfg.model}"
+    family_of(bundle.model).check_image_size(bundle.model.config, bundle.resize, what)
     return bundle, cfg.augment_spec(bundle.resize)
 
 

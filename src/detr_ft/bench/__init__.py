@@ -11,7 +11,8 @@ other processes only ever add time — and the medians are in the notes.
 benchmark   detr-ft vs the stock path                                       unit
 ==========  ==============================================================  =========
 train       detr-ft's step (forward, padding-aware criterion with matching,  images/s
-            finite check, backward, clip, AdamW) vs DetrForObjectDetection
+            or the family's transformers loss; finite check, backward, clip,
+            AdamW) vs the family's ...ForObjectDetection (DETR's by default)
             computing its own loss from ``labels`` as a list of dicts; the
             same batch tensors on both sides
 overhead    our step time / the bare network's (forward + backward + clip +  x bare
@@ -33,6 +34,11 @@ latency     batch-1 detection from an image already on the device: forward   ms
             + post-processing (with ``--compile`` on CUDA: CUDA graphs)
 peak RSS    train and infer, each side alone in a fresh spawned process      MiB
 ==========  ==============================================================  =========
+
+``--model`` takes any family's preset or a model directory: the stock side is then that family's
+transformers classes (``Family.processor``, its ``...ForObjectDetection`` and loss); a family whose
+forward takes only some canvases (``Family.canvas``) runs at a fixed ``--image-size`` it takes, and a
+family without a no-object class gets no object-bucket padding of its stock targets (noted).
 
 ``speedup`` > 1 means detr-ft is better: ours / baseline for throughputs,
 baseline / ours for times, sizes and ratios.

@@ -64,9 +64,11 @@ def bench_static(ws: Workspace, sides: Sides, cfg: BenchConfig, device, notes: l
     times = alternate({"ours": ours, "stock": stock}, cfg.steps, cfg.warmup, device)
     ws.samples["static"] = times
     b = cfg.batch_size
+    stock_bucket = ("" if ws.stock_buckets is not None else
+                    f" (stock: none, a {ws.family.model_type} model has no no-object class to pad targets with)")
     notes.append(f"static: canvases ours {list(ws.plan.canvases)} by orientation, stock {[ws.square_canvas]}; "
-                 f"object bucket {ws.buckets[0]}; data in the main process (workers 0) on both sides; medians: "
-                 f"{medians(times, 1e3, 'ms')} per step")
+                 f"object bucket {ws.buckets[0]}{stock_bucket}; data in the main process (workers 0) on both sides; "
+                 f"medians: {medians(times, 1e3, 'ms')} per step")
     return [Record("static", cfg.label(device) + " workers=0", b / best(times["ours"]),
                    b / best(times["stock"]), "images/s")]
 
@@ -139,8 +141,8 @@ def bench_infer(ws: Workspace, cfg: BenchConfig, device, export_dir: Path, notes
     ws.samples["infer"] = times
     n = len(paths)
     fallback = "" if stock_batch == cfg.batch_size else (
-        f" (its batch_size={cfg.batch_size} fails on images of different sizes in this transformers, so it "
-        f"runs batch_size=1)")
+        f" (its batch_size={cfg.batch_size} fails in this transformers, on images of different sizes or on "
+        f"{ws.family.model_type}'s outputs, so it runs batch_size=1)")
     notes.append(f"infer: {n} image files, batch {cfg.batch_size}, threshold {THRESHOLD}; stock pipeline with "
                  f"{type(pipe.image_processor).__name__}{fallback}; detections ours "
                  f"{sum(map(len, found['ours']))}, stock {sum(map(len, found['stock']))}; medians: "
@@ -153,7 +155,7 @@ def bench_infer(ws: Workspace, cfg: BenchConfig, device, export_dir: Path, notes
 def bench_latency(ws: Workspace, cfg: BenchConfig, device, detector, pipe, notes: list[str]) -> list[Record]:
     """Batch 1, the image already preprocessed on the device, on detr-ft's fixed landscape canvas."""
     record = next((r for r in ws.index.records if r.width >= r.height), ws.index.records[0])
-    canvas = ws.plan.canvases[0] if record.width >= record.height else ws.plan.canvases[1]
+    canvas = ws.plan.canvases[0] if record.width >= record.height else ws.plan.canvases[-1]  # fixed: one
     detector.use_canvas(canvas)
     batch = detector.batch_on_device([detector.sample(ws.index.load_image(record))])
     pv, pm, sizes = batch.pixel_values, batch.pixel_mask, batch.orig_sizes  # for the stock side

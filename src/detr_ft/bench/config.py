@@ -25,9 +25,11 @@ AUGMENT_PRESETS = ("none", "flip", "detr", "strong")  # detr-ft train's --augmen
 class BenchConfig:
     """What to run and on what.
 
+    model:      a preset (any family's), ``detr-r50`` or a Hugging Face model directory.
     image_size: (H, W) of the ``train`` batches; the resize of every other
                 benchmark keeps DETR's proportions at that scale: short side
-                min(H, W), long side max(H, W) (or short x 1333/800 when square).
+                min(H, W), long side max(H, W) (or short x 1333/800 when square);
+                H x W itself for fixed-size families (``resize``).
     images:     size of the synthetic training set (ignored with ``data_dir``).
     augment:    the training augmentation (``--augment`` of train) of the data benchmarks, on both
                 sides (the stock side with albumentations, as transformers' example does).
@@ -58,12 +60,9 @@ class BenchConfig:
 
     def resolved(self) -> "BenchConfig":
         """Defaults filled in (per model) and every value checked; raises ``UserError``."""
-        from detr_ft.model.build import PRESETS
+        from detr_ft.bench.models import bench_family
 
-        known = sorted({R50, *(n for n in PRESETS if n.startswith("detr-"))})
-        if self.model not in known:
-            raise UserError(f"--model {self.model}: bench runs DETR models against DetrForObjectDetection; "
-                            f"use one of {', '.join(known)}")
+        family, config, own = bench_family(self.model)  # an unknown model first: a UserError
         unknown = [w for w in self.what if w not in BENCHMARKS + OPTIONAL_BENCHMARKS]
         if unknown or not self.what:
             raise UserError(f"--what {','.join(self.what)}: choose from {','.join(BENCHMARKS + OPTIONAL_BENCHMARKS)}")
@@ -87,8 +86,32 @@ class BenchConfig:
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads must be at least 1 (got {self.threads})")
         infer = self.infer_images if self.infer_images is not None else max(16, 4 * batch)
-        return replace(self, image_size=tuple(size), batch_size=batch, infer_images=infer,
+        done = replace(self, image_size=tuple(size), batch_size=batch, infer_images=infer,
                        what=tuple(dict.fromkeys(self.what)))
+        done.check_size(family, config, own)
+        return done
+
+    def resize(self, family, own):
+        """The resize of the bench's data at ``image_size``: fixed where the model's own resize is (LW-DETR,
+        RF-DETR) or where its family's forward takes only some canvases (``Family.canvas``: the RT-DETR
+        line too; the stock side does not pad, so every image must arrive on one, as their transformers
+        processors' fixed sizes do); else DETR's proportions (``shortest``, ``longest``). The model's own
+        mean and std (``own``: its preset's or directory's resize)."""
+        from detr_ft.types import ResizeSpec
+
+        if own.fixed is not None or family.canvas is not None:
+            return ResizeSpec.fixed_size(*self.image_size, own.mean, own.std)
+        return ResizeSpec(self.shortest, self.longest, own.mean, own.std)
+
+    def check_size(self, family, config, own) -> None:
+        """A ``UserError`` where ``image_size`` is no canvas the family's forward takes as it is (the stock
+        side does not pad), or gives its decoder fewer encoder tokens than queries."""
+        h, w = self.image_size
+        if family.canvas is not None and tuple(family.canvas(config, h, w)) != (h, w):
+            ch, cw = family.canvas(config, h, w)
+            raise UserError(f"--image-size {h}x{w}: a {family.model_type} model's forward takes a {ch}x{cw} "
+                            f"canvas for it, and the stock side does not pad; use --image-size {ch}x{cw}")
+        family.check_image_size(config, self.resize(family, own), f"--image-size {h}x{w}")
 
     @property
     def shortest(self) -> int:

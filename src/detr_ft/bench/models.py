@@ -1,8 +1,10 @@
-"""The models both sides train: one initial state, detr-ft's module beside the stock one."""
+"""The models both sides train: one initial state, detr-ft's module beside the stock one (the family's
+transformers model computing its own loss from ``labels``)."""
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,15 +31,44 @@ def trainable_backbone(model: nn.Module) -> int:
     return sum(p.numel() for p in backbone.parameters() if p.requires_grad) if backbone is not None else 0
 
 
+def bench_family(name: str):
+    """(family, transformers config, the model's own resize) of ``--model NAME`` (a preset, ``detr-r50`` or
+    a Hugging Face model directory), read without building the model; anything else is a ``UserError``."""
+    from transformers import AutoConfig
+
+    from detr_ft.errors import UserError
+    from detr_ft.model.build import DETR_RESIZE, PRESETS, check_family, resize_from_processor
+    from detr_ft.model.families import family_of, family_of_preset
+
+    if name == R50:
+        config = r50_config({0: "object"})
+        return family_of(config), config, DETR_RESIZE
+    if name in PRESETS:
+        family = family_of_preset(name)
+        family.require_available(f"--model {name}")
+        factory, resize = PRESETS[name]
+        return family, factory(1), resize
+    local = Path(name).expanduser()
+    if not (local / "config.json").is_file():
+        raise UserError(f"--model {name}: bench runs a preset ({', '.join(PRESETS)}), {R50} or a Hugging Face "
+                        f"model directory (with its config.json)")
+    check_family(local, f"--model {name}")
+    config = AutoConfig.from_pretrained(str(local))
+    return family_of(config), config, resize_from_processor(str(local), {})
+
+
 def bench_model(name: str, id2label: dict[int, str], seed: int) -> tuple[nn.Module, bool, str]:
     """(model in train mode, pretrained-like, a note on its trainable backbone)."""
     from detr_ft.model.build import build_model, model_from_config, set_backbone_trainable
 
     torch.manual_seed(seed)
     if name != R50:
-        model = build_model(name, id2label).model
-        return model.train(), False, (f"{name}: random init, whole backbone trained with trainable batch norms "
-                                      f"({trainable_backbone(model):,} backbone parameters), on both sides")
+        bundle = build_model(name, id2label)
+        model = bundle.model
+        how = ("pretrained weights (a new head for the bench's classes), the backbone trained as detr-ft train "
+               "trains it" if bundle.pretrained else "random init, whole backbone trained with trainable batch norms")
+        return model.train(), bundle.pretrained, (f"{name}: {how} ({trainable_backbone(model):,} backbone "
+                                                  f"parameters), on both sides")
     model = model_from_config(r50_config(id2label))
     stock = trainable_backbone(model)
     set_backbone_trainable(model, pretrained=True)
@@ -91,7 +122,8 @@ class Sides:
             self.bare = copy.deepcopy(model).to(device)
             self.initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if only in (None, "ours"):
-            self.ours = DetrModule(ModelBundle(model, resize, "detr", pretrained), categories, OptimConfig()).to(device)
+            bundle = ModelBundle(model, resize, model.config.model_type, pretrained)
+            self.ours = DetrModule(bundle, categories, OptimConfig()).to(device)
         for name, m in self.networks().items():  # as detr-ft train does; the stock side as it is
             if name != "stock":
                 for_training(m, device, cfg.channels_last)

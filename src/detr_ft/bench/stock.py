@@ -1,9 +1,10 @@
 """The baseline: the original example's data path and transformers' own pipeline.
 
-What a user of the original Gaudi example runs: ``DetrImageProcessor`` per
-sample in a pycocotools dataset, its collate (square canvas, targets padded to
-an object bucket), its bucketing pass, and ``pipeline("object-detection")`` for
-inference.
+What a user of the original Gaudi example runs: ``DetrImageProcessor`` (another
+family's own image processor for its models) per sample in a pycocotools dataset,
+its collate (square canvas, targets padded to an object bucket where the family
+has a no-object class), its bucketing pass, and ``pipeline("object-detection")``
+for inference.
 """
 
 from __future__ import annotations
@@ -19,19 +20,18 @@ from torch.utils.data import DataLoader, Dataset
 from detr_ft.bench.config import THRESHOLD
 
 
-def stock_processor(resize):
-    """``DetrImageProcessor`` with the bench's resize, as a user of the original writes it.
-
-    transformers 5 without torchvision gives its PIL-backed ``DetrImageProcessorPil``.
+def stock_processor(resize, processor: str = "DetrImageProcessor"):
+    """The family's image processor class (``Family.processor``; DETR's ``DetrImageProcessor`` by
+    default) with the bench's resize, as a user of the original writes it: the one ``detr-ft export``
+    saves. transformers 5 without torchvision gives its PIL-backed variant (``DetrImageProcessorPil``).
     """
     import warnings
 
-    from transformers import DetrImageProcessor
+    from detr_ft.export import image_processor_named
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return DetrImageProcessor(size={"shortest_edge": resize.shortest, "longest_edge": resize.longest},
-                                  image_mean=list(resize.mean), image_std=list(resize.std))
+        return image_processor_named(processor, resize, "bench")
 
 
 class StockCocoDetection(Dataset):
@@ -217,12 +217,14 @@ def pipeline_batch_size(pipe, paths: list[str], batch_size: int) -> int:
     """``batch_size`` if the pipeline runs batches of these images, else 1.
 
     transformers 5's object-detection pipeline cannot stack images of different
-    sizes into one batch (its collate pads only the first dimension).
+    sizes into one batch (its collate pads only the first dimension: a RuntimeError),
+    nor unbatch LW-DETR's and RF-DETR's outputs (some keep a batch dimension of 1:
+    an IndexError).
     """
     if batch_size == 1:
         return 1
     try:
         pipe(paths, threshold=THRESHOLD, batch_size=batch_size)
         return batch_size
-    except RuntimeError:
+    except (RuntimeError, IndexError):
         return 1

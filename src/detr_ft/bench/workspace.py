@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from detr_ft.bench.config import BenchConfig
-from detr_ft.bench.models import bench_model
+from detr_ft.bench.models import bench_family, bench_model
 from detr_ft.bench.stock import (StockCocoDetection, StockCollate, stock_augmentation, stock_buckets,
                                  stock_processor)
 from detr_ft.errors import UserError
@@ -22,7 +22,6 @@ class Workspace:
     def __init__(self, cfg: BenchConfig, root: Path):
         from detr_ft.data.coco import load_index
         from detr_ft.data.synthetic import SyntheticSpec, generate
-        from detr_ft.types import ResizeSpec
 
         self.cfg = cfg
         self.root = root
@@ -42,7 +41,8 @@ class Workspace:
             raise UserError(f"--data-dir {self.data_dir}: {len(self.index)} training images; bench needs at "
                             f"least 2 x --batch-size ({2 * cfg.batch_size})")
         self.categories = self.index.categories
-        self.resize = ResizeSpec(shortest=cfg.shortest, longest=cfg.longest)
+        self.family, self.model_config, own = bench_family(cfg.model)
+        self.resize = cfg.resize(self.family, own)
         self.label_of = {cid: i for i, cid in enumerate(self.categories.ids)}
         self.ann_file = self.data_dir / "annotations" / "train.json"
         self.images_dir = self.data_dir / "images"
@@ -60,8 +60,8 @@ class Workspace:
 
     @functools.cached_property
     def processor(self):
-        """The stock side's image processor, for this resize."""
-        return stock_processor(self.resize)
+        """The stock side's image processor (the family's class), for this resize."""
+        return stock_processor(self.resize, self.family.processor)
 
     @functools.cached_property
     def buckets(self) -> tuple[list[int], np.ndarray]:
@@ -96,11 +96,17 @@ class Workspace:
                              seed=self.cfg.seed, shuffle=True, pin_memory=torch.cuda.is_available(),
                              augment=self.augment, drop_last=drop_last)
 
+    @property
+    def stock_buckets(self) -> np.ndarray | None:
+        """The stock collate's object bucket; None (targets not padded) where the family has no no-object
+        class to pad them with (its stock loss would index past its classes)."""
+        return self.buckets[1] if self.family.has_no_object_class else None
+
     def stock_loader(self, workers: int, drop_last: bool) -> DataLoader:
         """The original's loader, shuffled: processor per sample, square canvas, bucket padding."""
         dataset = StockCocoDetection(self.images_dir, self.ann_file, self.processor, self.label_of,
                                      stock_augmentation(self.augment, self.resize))
-        collate = StockCollate(self.processor, self.square_canvas, self.buckets[1], len(self.categories))
+        collate = StockCollate(self.processor, self.square_canvas, self.stock_buckets, len(self.categories))
         generator = torch.Generator().manual_seed(self.cfg.seed)
         return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=True, drop_last=drop_last,
                           num_workers=workers, collate_fn=collate, generator=generator)
@@ -113,7 +119,8 @@ def make_export(ws: Workspace, cfg: BenchConfig) -> Path:
     from detr_ft.model.build import ModelBundle
 
     model, pretrained, _ = bench_model(cfg.model, ws.categories.id2label, cfg.seed)
-    module = DetrModule(ModelBundle(model, ws.resize, "detr", pretrained), ws.categories, OptimConfig())
+    module = DetrModule(ModelBundle(model, ws.resize, model.config.model_type, pretrained), ws.categories,
+                        OptimConfig())
     ckpt = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(ckpt)  # the model description detr-ft train writes
     path = ws.root / "bench.ckpt"

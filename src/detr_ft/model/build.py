@@ -9,6 +9,7 @@ ResNet stage frozen, later stages trained (at ``--lr-backbone``).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,21 +155,62 @@ def resize_from_processor(source: str, kw: dict) -> ResizeSpec:
     A ``size`` of height x width (the RT-DETR line's processors: 640 x 640) is a fixed resize that
     does not keep the aspect ratio; shortest/longest edges are DETR's rule. ``do_normalize`` False
     (the RT-DETR line) divides by 255 only; else the processor's mean and std (ImageNet's by default).
+    A processor transformers cannot build here (RF-DETR's needs torchvision) is read from its
+    ``preprocessor_config.json``; where that says no size either, a one-line warning names DETR's
+    resize as the one assumed.
     """
     try:
         from transformers import AutoImageProcessor
 
         proc = AutoImageProcessor.from_pretrained(source, **kw)
-    except Exception:  # no preprocessor_config.json: DETR's defaults
-        return DETR_RESIZE
-    size = getattr(proc, "size", None) or {}
+    except Exception as e:  # no preprocessor_config.json (DETR's defaults), or a processor not buildable here
+        settings = processor_settings(source, kw)
+        if settings is None or not settings.get("size"):
+            if settings is not None:  # a config, but no size read from it
+                logging.getLogger("detr_ft").warning(
+                    "%s: its image processor could not be read (%s); assuming DETR's resize: short side %d, long "
+                    "side at most %d, ImageNet mean and std", source, first_line(e), DETR_RESIZE.shortest,
+                    DETR_RESIZE.longest)
+            return DETR_RESIZE
+    else:
+        settings = {key: getattr(proc, key, None) for key in ("size", "image_mean", "image_std")}
+        settings["do_normalize"] = getattr(proc, "do_normalize", True)
+    return resize_from_settings(settings)
 
-    def edge(key):  # a dict in transformers 4.x, a SizeDict in 5.x
+
+def processor_settings(source: str, kw: dict) -> dict | None:
+    """The model's ``preprocessor_config.json`` as a dict (a local directory's, or the hub's through its
+    cache), without building the processor; None if there is none or it is unreadable."""
+    local = Path(source).expanduser() / "preprocessor_config.json"
+    try:
+        if not local.is_file():
+            from transformers.utils import cached_file
+
+            found = cached_file(source, "preprocessor_config.json", revision=kw.get("revision"),
+                                local_files_only=kw.get("local_files_only", False),
+                                _raise_exceptions_for_missing_entries=False)
+            if found is None:
+                return None
+            local = Path(found)
+        settings = json.loads(local.read_text())
+    except Exception:  # offline, unknown id, unreadable JSON: no settings
+        return None
+    return settings if isinstance(settings, dict) else None
+
+
+def resize_from_settings(settings: dict) -> ResizeSpec:
+    """``resize_from_processor``'s rule on a processor's ``size``, ``do_normalize``, ``image_mean`` and
+    ``image_std`` (attributes or JSON keys; a bare number ``size`` is the short side, with ``max_size``)."""
+    size = settings.get("size") or {}
+    if isinstance(size, (int, float)):
+        size = {"shortest_edge": int(size), "longest_edge": settings.get("max_size") or DETR_RESIZE.longest}
+
+    def edge(key):  # a dict in transformers 4.x and in JSON, a SizeDict in 5.x
         return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
 
-    if getattr(proc, "do_normalize", True):
-        mean = tuple(getattr(proc, "image_mean", None) or DETR_RESIZE.mean)
-        std = tuple(getattr(proc, "image_std", None) or DETR_RESIZE.std)
+    if settings.get("do_normalize", True):
+        mean = tuple(settings.get("image_mean") or DETR_RESIZE.mean)
+        std = tuple(settings.get("image_std") or DETR_RESIZE.std)
     else:
         mean, std = UNNORMALISED
     if edge("height") and edge("width") and not edge("shortest_edge"):

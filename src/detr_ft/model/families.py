@@ -26,7 +26,7 @@ from torch import nn
 
 from detr_ft.errors import UserError
 from detr_ft.model import outputs, presets
-from detr_ft.types import ResizeSpec
+from detr_ft.types import MIN_IMAGE_SIDE, ResizeSpec
 
 
 def base_model(model: nn.Module) -> list[nn.Module]:
@@ -53,6 +53,10 @@ class Family:
         the forward with transformers' loss on the real objects (``loss == "transformers"`` only).
     processor: the transformers image processor class its directories carry.
     compile_parts(model) -> the modules ``--compile`` compiles (static shapes on a --pad canvas).
+    canvas(config, height, width) -> (H, W): the canvas its forward takes for an image of that size
+        (None: any size); detr-ft pads to it, a stock transformers forward (``detr-ft bench``) does not.
+    encoder_tokens(config, height, width) -> int: the encoder tokens its two-stage decoder picks its
+        ``num_queries`` from (None: no such limit); fewer than the queries fails inside transformers.
     """
 
     model_type: str
@@ -69,6 +73,8 @@ class Family:
     # backbone trains (LW-DETR's and RF-DETR's ViTs, as their originals fine-tune them)
     freezes_resnet_stem: bool = True
     compile_parts: Callable = base_model
+    canvas: Callable | None = None
+    encoder_tokens: Callable | None = None
 
     def require_available(self, what: str) -> None:
         """A ``UserError`` naming the transformers version the family needs, where the installed one lacks it."""
@@ -79,6 +85,28 @@ class Family:
             raise UserError(f"{what}: the {self.model_type} family needs transformers {self.needs_transformers} or "
                             f"newer (this is {transformers.__version__}); pip install -U "
                             f"'transformers>={self.needs_transformers}'")
+
+    @property
+    def has_no_object_class(self) -> bool:
+        """True where the logits carry a last no-object class (softmax scoring): the stock loss can take
+        targets padded with that class (the original example's object buckets); sigmoid families cannot."""
+        return self.scoring == "softmax"
+
+    def check_image_size(self, config, resize: ResizeSpec, what: str) -> None:
+        """A one-line ``UserError`` (naming the family, the size and the smallest square size that works)
+        where ``resize`` gives fewer encoder tokens than the model has queries; the smallest image
+        it makes (``fixed``, or a square of its short side) decides."""
+        if self.encoder_tokens is None:
+            return
+        height, width = resize.fixed or (resize.shortest, resize.shortest)
+        queries = config.num_queries
+        tokens = self.encoder_tokens(config, height, width)
+        if tokens >= queries:
+            return
+        smallest = next(s for s in range(MIN_IMAGE_SIDE, 8193) if self.encoder_tokens(config, s, s) >= queries)
+        raise UserError(f"{what}: a {self.model_type} model picks its {queries} queries among its encoder's "
+                        f"tokens, and {height}x{width} gives {tokens}; the smallest size that works is "
+                        f"{smallest} (--image-size {smallest})")
 
     @property
     def criterion_pads_targets(self) -> bool:
@@ -98,25 +126,32 @@ FAMILIES: tuple[Family, ...] = (
            ResizeSpec(shortest=96, longest=160), "ConditionalDetrImageProcessor"),
     Family("rt_detr", "transformers", "sigmoid", outputs.rtdetr_outputs, "rtdetr-tiny", presets.rtdetr_tiny,
            ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", loss_forward=outputs.rtdetr_forward,
+           canvas=outputs.rtdetr_canvas_size, encoder_tokens=outputs.rtdetr_encoder_tokens,
            compile_parts=backbone_and_encoder),
     Family("rt_detr_v2", "transformers", "sigmoid", outputs.rtdetr_outputs, "rtdetr-v2-tiny",
            presets.rtdetr_v2_tiny, ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor",
            loss_forward=outputs.rtdetr_forward,
+           canvas=outputs.rtdetr_canvas_size, encoder_tokens=outputs.rtdetr_encoder_tokens,
            compile_parts=backbone_and_encoder),
     Family("d_fine", "transformers", "sigmoid", outputs.rtdetr_outputs, "dfine-tiny", presets.dfine_tiny,
            ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", loss_forward=outputs.rtdetr_forward,
+           canvas=outputs.rtdetr_canvas_size, encoder_tokens=outputs.rtdetr_encoder_tokens,
            compile_parts=backbone_and_encoder),
     Family("deimv2", "transformers", "sigmoid", outputs.rtdetr_outputs, "deimv2-tiny", presets.deimv2_tiny,
            ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", loss_forward=outputs.rtdetr_forward,
-           needs_transformers="5.18", compile_parts=backbone_and_encoder),
+           needs_transformers="5.18",
+           canvas=outputs.rtdetr_canvas_size, encoder_tokens=outputs.rtdetr_encoder_tokens,
+           compile_parts=backbone_and_encoder),
     # windowed-ViT backbones: a fixed square size (a multiple of patch x windows, as their originals);
     # Deformable DETR's processor is LW-DETR's own, and does RF-DETR's (whose own needs torchvision)
     Family("lw_detr", "transformers", "sigmoid", outputs.group_detr_outputs, "lwdetr-tiny", presets.lwdetr_tiny,
            ResizeSpec.fixed_size(128, 128), "DeformableDetrImageProcessor", loss_forward=outputs.group_detr_forward,
-           needs_transformers="5.18", freezes_resnet_stem=False),
+           needs_transformers="5.18", freezes_resnet_stem=False,
+           canvas=outputs.window_canvas_size, encoder_tokens=outputs.group_detr_encoder_tokens),
     Family("rf_detr", "transformers", "sigmoid", outputs.group_detr_outputs, "rfdetr-tiny", presets.rfdetr_tiny,
            ResizeSpec.fixed_size(128, 128), "DeformableDetrImageProcessor", loss_forward=outputs.group_detr_forward,
-           needs_transformers="5.18", freezes_resnet_stem=False),
+           needs_transformers="5.18", freezes_resnet_stem=False,
+           canvas=outputs.window_canvas_size, encoder_tokens=outputs.group_detr_encoder_tokens),
 )
 
 SUPPORTED_FAMILIES = tuple(f.model_type for f in FAMILIES)

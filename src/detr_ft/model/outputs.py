@@ -149,6 +149,24 @@ def _pad_to(pixel_values: torch.Tensor, pixel_mask: torch.Tensor, height: int, w
     return F.pad(pixel_values, pad), F.pad(pixel_mask, pad)
 
 
+def rtdetr_canvas_size(config, height: int, width: int) -> tuple[int, int]:
+    """The canvas the RT-DETR line's forward takes for a ``height`` x ``width`` image: each side rounded
+    up to a multiple of the largest feature stride (its feature pyramid needs it)."""
+    stride = max(getattr(config, "feat_strides", None) or [32])
+    return _round_up(height, stride), _round_up(width, stride)
+
+
+def rtdetr_encoder_tokens(config, height: int, width: int) -> int:
+    """Encoder tokens of the RT-DETR line for a ``height`` x ``width`` image: the cells of every feature
+    level on its canvas (levels beyond ``feat_strides`` halve the last). Its decoder picks its
+    ``num_queries`` among them, so there must be at least that many."""
+    height, width = rtdetr_canvas_size(config, height, width)
+    strides = list(getattr(config, "feat_strides", None) or [8, 16, 32])
+    while len(strides) < getattr(config, "num_feature_levels", len(strides)):
+        strides.append(strides[-1] * 2)
+    return sum(math.ceil(height / s) * math.ceil(width / s) for s in strides)
+
+
 def _rtdetr_canvas(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor):
     """Pad to a multiple of RT-DETR's largest stride (its feature pyramid needs it).
 
@@ -157,9 +175,8 @@ def _rtdetr_canvas(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: tor
     RT-DETR ignores ``pixel_mask``: its boxes are normalised by the whole input
     canvas, while detr-ft's are normalised by the real image; ``scale`` maps one to the other.
     """
-    stride = max(getattr(model.config, "feat_strides", None) or [32])
-    height, width = pixel_values.shape[-2:]
-    pixel_values, pixel_mask = _pad_to(pixel_values, pixel_mask, _round_up(height, stride), _round_up(width, stride))
+    pixel_values, pixel_mask = _pad_to(pixel_values, pixel_mask,
+                                       *rtdetr_canvas_size(model.config, *pixel_values.shape[-2:]))
     mask = pixel_mask.bool()
     real_h = mask.any(2).sum(1).clamp(min=1).to(pixel_values.dtype)  # [B]
     real_w = mask.any(1).sum(1).clamp(min=1).to(pixel_values.dtype)
@@ -226,18 +243,34 @@ def _window_canvas(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: tor
     is a multiple of patch x windows. One window: any size (nothing padded, as transformers' own
     processors feed it). Both read ``pixel_mask`` (valid ratios): boxes stay in the real image's frame.
     """
-    backbone = model.config.backbone_config
+    return _pad_to(pixel_values, pixel_mask, *window_canvas_size(model.config, *pixel_values.shape[-2:]))
+
+
+def _patch_size(config) -> int:
+    patch = config.backbone_config.patch_size
+    return patch if isinstance(patch, int) else max(patch)
+
+
+def window_canvas_size(config, height: int, width: int) -> tuple[int, int]:
+    """The canvas ``_window_canvas`` pads a ``height`` x ``width`` image to (LW-DETR, RF-DETR)."""
+    backbone = config.backbone_config
     square = not hasattr(backbone, "num_windows_side")  # RF-DETR's DINOv2: num_windows per side
     side = backbone.num_windows if square else backbone.num_windows_side
     if side <= 1:
-        return pixel_values, pixel_mask
-    patch = backbone.patch_size if isinstance(backbone.patch_size, int) else max(backbone.patch_size)
-    step = patch * side
-    height, width = pixel_values.shape[-2:]
+        return height, width
+    step = _patch_size(config) * side
     new_h, new_w = _round_up(height, step), _round_up(width, step)
-    if square:
-        new_h = new_w = max(new_h, new_w)
-    return _pad_to(pixel_values, pixel_mask, new_h, new_w)
+    return (max(new_h, new_w),) * 2 if square else (new_h, new_w)
+
+
+def group_detr_encoder_tokens(config, height: int, width: int) -> int:
+    """Encoder tokens of LW-DETR / RF-DETR for a ``height`` x ``width`` image: the patch grid of its
+    window canvas at every projector scale (RF-DETR: one, at the patch stride). Its two-stage decoder
+    picks its ``num_queries`` among them (per query group), so there must be at least that many."""
+    height, width = window_canvas_size(config, height, width)
+    rows, cols = height // _patch_size(config), width // _patch_size(config)
+    scales = getattr(config, "projector_scale_factors", None) or [1.0]
+    return sum(math.ceil(rows * s) * math.ceil(cols * s) for s in scales)
 
 
 @contextmanager
