@@ -115,6 +115,23 @@ def test_preset_is_random_init_fully_trainable_with_trainable_batch_norm(preset,
     assert out.logits.shape == (2, bundle.model.config.num_queries, 3)  # sigmoid families: no no-object logit
 
 
+@pytest.mark.parametrize("preset", ALL_PRESETS)
+def test_every_family_trains_its_backbone_at_the_backbone_learning_rate(preset):
+    """--lr-backbone reaches every family's backbone (DEIMv2's sits in its conv encoder): the
+    optimizer's backbone group is the backbone's parameters, the other group the rest."""
+    from detr_ft.engine import DetrModule, OptimConfig
+
+    bundle = build_model(preset, {0: "a", 1: "b"})
+    backbone = {id(p) for p in backbone_module(bundle.model).parameters()}
+    module = DetrModule(bundle, CATEGORIES, OptimConfig(lr=1e-3, lr_backbone=1e-5))
+    module.trainer = type("T", (), {"estimated_stepping_batches": 10, "callbacks": []})()
+    optimizer = module.configure_optimizers()
+    optimizer = optimizer if isinstance(optimizer, torch.optim.Optimizer) else optimizer["optimizer"]
+    by_lr = {g["lr"]: {id(p) for p in g["params"]} for g in optimizer.param_groups}
+    assert by_lr[1e-5] == backbone and by_lr[1e-3] and not by_lr[1e-3] & backbone
+    assert by_lr[1e-5] | by_lr[1e-3] == {id(p) for p in bundle.model.parameters() if p.requires_grad}
+
+
 def test_local_conditional_detr_directory_freezes_only_stem_and_first_stage(tmp_path):
     """transformers freezes the whole ResNet of a Conditional DETR (as of DETR); detr-ft trains stages 2-4."""
     from transformers import ConditionalDetrConfig, ConditionalDetrForObjectDetection

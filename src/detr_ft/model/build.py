@@ -221,9 +221,13 @@ def resize_from_settings(settings: dict) -> ResizeSpec:
 
 
 def backbone_module(model: nn.Module) -> nn.Module | None:
-    """The ResNet inside a DETR-family model (``model.model.backbone``), if any."""
+    """The backbone inside a DETR-family model (``model.model.backbone``; DEIMv2's is its conv
+    encoder's ``model``, beside the input projections), if any: what ``--lr-backbone`` trains
+    and the freezing rule reads."""
     inner = getattr(model, "model", model)
-    return getattr(inner, "backbone", None)
+    if hasattr(inner, "backbone"):
+        return inner.backbone
+    return getattr(getattr(inner, "conv_encoder", None), "model", None)
 
 
 def set_backbone_trainable(model: nn.Module, pretrained: bool) -> None:
