@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,10 +175,9 @@ def ddp_tolerating_unused(strategy, devices: int, num_nodes: int):
     ("parameters that were not used in producing loss"). Other strategies (and objects) as given."""
     if not isinstance(strategy, str) or not (devices > 1 or num_nodes > 1):
         return strategy
-    if strategy == "auto":
-        from lightning.fabric.utilities.imports import _IS_INTERACTIVE
-
-        strategy = "ddp_fork" if _IS_INTERACTIVE and num_nodes == 1 else "ddp"
+    if strategy == "auto":  # Lightning forks in an interactive session (a notebook, python -i)
+        interactive = hasattr(sys, "ps1") or bool(sys.flags.interactive)
+        strategy = "ddp_fork" if interactive and num_nodes == 1 else "ddp"
     return f"{strategy}_find_unused_parameters_true" if strategy in DDP_STRATEGIES else strategy
 
 
