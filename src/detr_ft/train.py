@@ -69,9 +69,9 @@ def newest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def compilations(model: torch.nn.Module) -> int:
-    """How many variants of a compiled module's forward exist: 1 after the first compile,
-    one more for every recompilation (a new shape, say); a run reports the most of its compiled parts'. Graph breaks inside
-    transformers' code split a variant into several graphs but do not count here."""
+    """How many variants of a compiled module's forward exist: 1 after the first compile, one more
+    for every recompilation (a new shape, say); a run reports the most of its compiled parts'.
+    Graph breaks inside transformers' code split a variant into several graphs but do not count here."""
     try:
         from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
 

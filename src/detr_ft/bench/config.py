@@ -107,8 +107,8 @@ class BenchConfig:
         """A ``UserError`` where ``image_size`` is no canvas the family's forward takes as it is (the stock
         side does not pad), or gives its decoder fewer encoder tokens than queries."""
         h, w = self.image_size
-        if family.canvas is not None and tuple(family.canvas(config, h, w)) != (h, w):
-            ch, cw = family.canvas(config, h, w)
+        ch, cw = family.canvas(config, h, w) if family.canvas is not None else (h, w)
+        if (ch, cw) != (h, w):
             raise UserError(f"--image-size {h}x{w}: a {family.model_type} model's forward takes a {ch}x{cw} "
                             f"canvas for it, and the stock side does not pad; use --image-size {ch}x{cw}")
         family.check_image_size(config, self.resize(family, own), f"--image-size {h}x{w}")
