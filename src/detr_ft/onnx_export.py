@@ -10,7 +10,9 @@ post-processing run in ``onnx_runtime.py`` (NumPy): per image they cost a small
 fraction of the network's time (README, "Deploy with ONNX"), and keeping them out
 leaves the graph's outputs comparable, number for number, with PyTorch's.
 
-The batch norms are folded into their convolutions first, as ``Detector`` does,
+The batch norms are folded into their convolutions first, as ``Detector`` does, and
+the family's export rewrites (``model/export_rewrites.py``: Deformable DETR's float32
+reference points, RF-DETR's position embeddings fixed at the canvas) swapped in,
 and the exporter is torch's TorchScript one (``dynamo=False``) with the model's
 own train/eval state kept (``TrainingMode.PRESERVE``): with the default
 (``EVAL``) and the norms not folded, the presets' exported backbone disagreed
@@ -113,6 +115,7 @@ def export_onnx(ckpt_path: str, out_path: Path, pad_size: tuple[int, int] | None
     import torch
 
     from detr_ft.checkpoint import model_from_checkpoint
+    from detr_ft.model.families import family_named
     from detr_ft.model.speed import fold_batch_norms
 
     onnx, _ = require_onnx()
@@ -123,10 +126,16 @@ def export_onnx(ckpt_path: str, out_path: Path, pad_size: tuple[int, int] | None
     model, resize, categories, family = model_from_checkpoint(Path(ckpt_path).expanduser())
     canvas = check_canvas(pad_size or resize.max_canvas)
     fold_batch_norms(model)
+    rewrites = family_named(family).export_rewrites
+    for rewrite in rewrites:
+        rewrite(model)
     graph = network_graph(model)
     h, w = canvas
     pixel_values = torch.zeros(batch_size, 3, h, w)
     pixel_mask = torch.ones(batch_size, h, w, dtype=torch.int64)
+    if rewrites:
+        with torch.no_grad():
+            graph(pixel_values, pixel_mask)  # eager, at the canvas: what a rewrite keeps as a constant
     axes = {name: {0: "batch"} for name in INPUTS + OUTPUTS} if dynamic_batch else None
     out_path = Path(out_path).expanduser()
     out_path.parent.mkdir(parents=True, exist_ok=True)

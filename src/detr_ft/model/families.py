@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from detr_ft.errors import UserError
-from detr_ft.model import outputs, presets
+from detr_ft.model import export_rewrites, outputs, presets
 from detr_ft.types import MIN_IMAGE_SIDE, ResizeSpec
 
 
@@ -57,6 +57,8 @@ class Family:
         (None: any size); detr-ft pads to it, a stock transformers forward (``detr-ft bench``) does not.
     encoder_tokens(config, height, width) -> int: the encoder tokens its two-stage decoder picks its
         ``num_queries`` from (None: no such limit); fewer than the queries fails inside transformers.
+    export_rewrites: functions(model) that swap, into the model ``export --format onnx`` loads, equivalent
+        forms of what ONNX cannot take (``model/export_rewrites.py``).
     """
 
     model_type: str
@@ -75,6 +77,7 @@ class Family:
     compile_parts: Callable = base_model
     canvas: Callable | None = None
     encoder_tokens: Callable | None = None
+    export_rewrites: tuple[Callable, ...] = ()
 
     def require_available(self, what: str) -> None:
         """A ``UserError`` naming the transformers version the family needs, where the installed one lacks it."""
@@ -121,7 +124,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("conditional_detr", "focal", "sigmoid", outputs.conditional_detr_outputs, "conditional-detr-tiny",
            presets.conditional_detr_tiny, ResizeSpec(shortest=96, longest=160), "ConditionalDetrImageProcessor"),
     Family("deformable_detr", "focal", "sigmoid", outputs.deformable_detr_outputs, "deformable-detr-tiny",
-           presets.deformable_detr_tiny, ResizeSpec(shortest=96, longest=160), "DeformableDetrImageProcessor"),
+           presets.deformable_detr_tiny, ResizeSpec(shortest=96, longest=160), "DeformableDetrImageProcessor",
+           export_rewrites=(export_rewrites.float32_reference_points,)),
     Family("dab-detr", "focal", "sigmoid", outputs.dab_detr_outputs, "dab-detr-tiny", presets.dab_detr_tiny,
            ResizeSpec(shortest=96, longest=160), "ConditionalDetrImageProcessor"),
     Family("rt_detr", "transformers", "sigmoid", outputs.rtdetr_outputs, "rtdetr-tiny", presets.rtdetr_tiny,
@@ -151,7 +155,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("rf_detr", "transformers", "sigmoid", outputs.group_detr_outputs, "rfdetr-tiny", presets.rfdetr_tiny,
            ResizeSpec.fixed_size(128, 128), "DeformableDetrImageProcessor", loss_forward=outputs.group_detr_forward,
            needs_transformers="5.18", freezes_resnet_stem=False,
-           canvas=outputs.window_canvas_size, encoder_tokens=outputs.group_detr_encoder_tokens),
+           canvas=outputs.window_canvas_size, encoder_tokens=outputs.group_detr_encoder_tokens,
+           export_rewrites=(export_rewrites.constant_position_embeddings,)),
 )
 
 SUPPORTED_FAMILIES = tuple(f.model_type for f in FAMILIES)
