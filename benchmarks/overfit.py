@@ -5,7 +5,8 @@ runs on a few synthetic images (``detr_ft.data.synthetic.generate``) whose test 
 the training split, so the validation after every epoch (``--images`` / ``--batch-size`` steps)
 is the train-set mAP50; training stops at the first validation at or above ``--target``, or at
 ``--max-steps`` / ``--max-seconds`` (the seconds count the validations and checkpoints too). The final figure is ``detr-ft eval --split train``'s
-(``evaluate.run_eval``) on the last checkpoint.
+(``evaluate.run_eval``) on the last checkpoint, at the validations' batch size (the same padded
+batches: a DETR-family model's outputs depend a little on the padding around each image).
 
 Recipe (no augmentation, no EMA: the aim is to fit the training set): AdamW at ``--lr`` for the
 head and the backbone, a short warm-up, grad clip 1.0, no padding, fp32 on the CPU.
@@ -82,8 +83,9 @@ def overfit_one(preset: str, data: Path, out: Path, args) -> dict:
         with open(out / "log.txt", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             trainer, _, _ = fit(cfg, extra_callbacks=(stop,))
             seconds = time.perf_counter() - started
+            # the validations' batch size: the same padded batches, so the same figure as the last validation
             final = run_eval(str(out / "train" / "last.ckpt"), str(data), out / "eval", split="train",
-                             batch_size=args.images, device="cpu", bootstrap=0)
+                             batch_size=args.batch_size, device="cpu", bootstrap=0)
     finally:
         load.done.set()
     return {"preset": preset, "steps": trainer.global_step, "seconds": round(seconds, 1),
