@@ -132,6 +132,36 @@ def test_every_family_trains_its_backbone_at_the_backbone_learning_rate(preset):
     assert by_lr[1e-5] | by_lr[1e-3] == {id(p) for p in bundle.model.parameters() if p.requires_grad}
 
 
+@pytest.mark.parametrize("preset,scaled", [pytest.param(p.values[0], p.values[0] in ("rtdetr-tiny", "dfine-tiny"),
+                                                        marks=p.marks)
+                                           for p in available(("detr-tiny", "lwdetr-tiny", "rtdetr-tiny", "dfine-tiny"))])
+def test_under_ddp_a_local_count_transformers_loss_is_rescaled_to_all_processes_objects(preset, scaled):
+    """With several processes, the training step rescales the RT-DETR line's transformers loss (divided by
+    the process's own objects) to the objects of all processes (``box_count_scale``); detr-ft's criterion
+    and LW-DETR's loss already divide by those, and stay as they are. Here 3 objects of 8 over 2 processes."""
+    from detr_ft.engine import DetrModule, OptimConfig
+
+    module = DetrModule(build_model(preset, LABELS), CATEGORIES, OptimConfig())
+    reduced = []
+
+    class Strategy:
+        def reduce(self, tensor, reduce_op):
+            reduced.append((float(tensor), reduce_op))
+            return torch.tensor(8.0)
+
+        def reduce_boolean_decision(self, decision, all):
+            return decision
+
+    module.trainer = type("T", (), {"world_size": 2, "strategy": Strategy()})()
+    module.compute_loss = lambda batch: {"loss": torch.tensor(2.0), "loss_ce": torch.tensor(1.0),
+                                         "loss_bbox": torch.tensor(0.5), "loss_giou": torch.tensor(0.5)}
+    module.log = module.log_dict = lambda *args, **kwargs: None
+    labels, boxes, valid = padded_targets([2, 1, 0], 2, 3)
+    loss = module.training_step(make_batch(*images(3, 64, 96), labels, boxes, valid), 0)
+    assert float(loss) == (2.0 * 3 * 2 / 8 if scaled else 2.0)
+    assert reduced == ([(3.0, "sum")] if scaled else [])
+
+
 def test_local_conditional_detr_directory_freezes_only_stem_and_first_stage(tmp_path):
     """transformers freezes the whole ResNet of a Conditional DETR (as of DETR); detr-ft trains stages 2-4."""
     from transformers import ConditionalDetrConfig, ConditionalDetrForObjectDetection

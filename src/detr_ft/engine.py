@@ -19,7 +19,7 @@ from detr_ft.metrics import METRIC_NAMES, coco_metrics
 from detr_ft.model.build import ModelBundle, backbone_module
 from detr_ft.model.criterion import SetCriterion
 from detr_ft.model.families import family_of
-from detr_ft.model.outputs import detection_outputs, transformers_loss
+from detr_ft.model.outputs import box_count_scale, detection_outputs, transformers_loss
 from detr_ft.model.postprocess import postprocess, to_coco_results
 from detr_ft.schedule import lr_factor
 from detr_ft.types import Categories, DatasetIndex, ResizeSpec
@@ -76,6 +76,8 @@ class DetrModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int):
         losses = self.compute_loss(batch)
+        if self.trainer.world_size > 1 and self.family.loss_divides_by_local_objects:
+            losses = self._divided_by_all_objects(losses, batch)
         loss = losses["loss"]
         finite = bool(torch.isfinite(loss))
         if self.trainer.world_size > 1:  # every process skips or stops together
@@ -95,6 +97,15 @@ class DetrModule(L.LightningModule):
         self.log_dict({f"train_{k}": losses[k].detach() for k in LOSS_PARTS}, on_step=True, on_epoch=False,
                       batch_size=bs, sync_dist=sync)
         return loss
+
+    def _divided_by_all_objects(self, losses: dict, batch: Batch) -> dict:
+        """transformers' loss of this process, rescaled from its own object count to all processes'
+        (``box_count_scale``): DDP's averaged gradients are then one process's on the whole batch."""
+        local = int(batch.valid.sum())
+        total = self.trainer.strategy.reduce(torch.tensor(float(local), device=losses["loss"].device),
+                                             reduce_op="sum")
+        scale = box_count_scale(local, float(total), self.trainer.world_size)
+        return {k: v * scale for k, v in losses.items()}
 
     # -- validation -----------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

@@ -59,6 +59,9 @@ class Family:
         ``num_queries`` from (None: no such limit); fewer than the queries fails inside transformers.
     export_rewrites: functions(model) that swap, into the model ``export --format onnx`` loads, equivalent
         forms of what ONNX cannot take (``model/export_rewrites.py``).
+    loss_divides_by_local_objects: transformers' loss divides by this process's object count (no
+        all-reduce): under DDP the engine rescales it to the count over all processes
+        (``outputs.box_count_scale``). LW-DETR's and RF-DETR's all-reduce the count themselves.
     """
 
     model_type: str
@@ -78,6 +81,7 @@ class Family:
     canvas: Callable | None = None
     encoder_tokens: Callable | None = None
     export_rewrites: tuple[Callable, ...] = ()
+    loss_divides_by_local_objects: bool = False
 
     def require_available(self, what: str) -> None:
         """A ``UserError`` naming the transformers version the family needs, where the installed one lacks it."""
@@ -131,21 +135,21 @@ FAMILIES: tuple[Family, ...] = (
     Family("rt_detr", "transformers", "sigmoid", outputs.rtdetr_outputs, "rtdetr-tiny", presets.rtdetr_tiny,
            ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", loss_forward=outputs.rtdetr_forward,
            canvas=outputs.rtdetr_canvas_size, encoder_tokens=outputs.rtdetr_encoder_tokens,
-           compile_parts=backbone_and_encoder),
+           compile_parts=backbone_and_encoder, loss_divides_by_local_objects=True),
     Family("rt_detr_v2", "transformers", "sigmoid", outputs.rtdetr_outputs, "rtdetr-v2-tiny",
            presets.rtdetr_v2_tiny, ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor",
            loss_forward=outputs.rtdetr_forward,
            canvas=outputs.rtdetr_canvas_size, encoder_tokens=outputs.rtdetr_encoder_tokens,
-           compile_parts=backbone_and_encoder),
+           compile_parts=backbone_and_encoder, loss_divides_by_local_objects=True),
     Family("d_fine", "transformers", "sigmoid", outputs.rtdetr_outputs, "dfine-tiny", presets.dfine_tiny,
            ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", loss_forward=outputs.rtdetr_forward,
            canvas=outputs.rtdetr_canvas_size, encoder_tokens=outputs.rtdetr_encoder_tokens,
-           compile_parts=backbone_and_encoder),
+           compile_parts=backbone_and_encoder, loss_divides_by_local_objects=True),
     Family("deimv2", "transformers", "sigmoid", outputs.rtdetr_outputs, "deimv2-tiny", presets.deimv2_tiny,
            ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", loss_forward=outputs.rtdetr_forward,
            needs_transformers="5.18",
            canvas=outputs.rtdetr_canvas_size, encoder_tokens=outputs.rtdetr_encoder_tokens,
-           compile_parts=backbone_and_encoder),
+           compile_parts=backbone_and_encoder, loss_divides_by_local_objects=True),
     # windowed-ViT backbones: a fixed square size (a multiple of patch x windows, as their originals);
     # Deformable DETR's processor is LW-DETR's own, and does RF-DETR's (whose own needs torchvision)
     Family("lw_detr", "transformers", "sigmoid", outputs.group_detr_outputs, "lwdetr-tiny", presets.lwdetr_tiny,
