@@ -251,6 +251,37 @@ def test_export_failure_names_operator_and_family(tmp_path, monkeypatch):
         export_onnx(str(ckpt), tmp_path / "model.onnx")
 
 
+def test_two_stage_deformable_detr_with_box_refinement_exports(tmp_path, images):
+    """The hub's two-stage Deformable DETR (proposals from the encoder, boxes refined layer by layer)
+    exports through the same rewrite, and ONNX Runtime gives the checkpoint's detections."""
+    from transformers import DeformableDetrForObjectDetection
+
+    from detr_ft.detector import Detector
+    from detr_ft.model.build import build_model
+    from detr_ft.onnx_export import export_onnx
+
+    ckpt = varied_checkpoint("deformable-detr-tiny", tmp_path / "one-stage.ckpt")
+    saved = torch.load(ckpt, weights_only=False)
+    config = build_model("deformable-detr-tiny", {0: "a"}).model.config.__class__.from_dict(
+        {**saved["detr_ft"]["model_config"], "two_stage": True, "with_box_refine": True})
+    torch.manual_seed(0)
+    model = DeformableDetrForObjectDetection(config)
+    with torch.no_grad():  # sharper decoder attention, as varied_checkpoint: queries that differ
+        for name, p in model.named_parameters():
+            if re.search(r"decoder\..*\.(q|k)_proj\.weight$", name):
+                p.mul_(30.0)
+    saved["detr_ft"]["model_config"] = config.to_dict()
+    saved["state_dict"] = {"model." + k: v for k, v in model.state_dict().items()}
+    torch.save(saved, tmp_path / "model.ckpt")
+    onnx_path = export_onnx(str(tmp_path / "model.ckpt"), tmp_path / "model.onnx")  # its parity check passes
+    reference = Detector.load(tmp_path / "model.ckpt", device="cpu")
+    reference.use_canvas(reference.resize.max_canvas)
+    expected = reference.predict(images, threshold=0.0)
+    got = Detector.load(onnx_path, device="cpu").predict(images, threshold=0.0)
+    for im, e, g in zip(images, expected, got):
+        assert_same_detections(e, g, (im.height, im.width))
+
+
 def test_a_graph_onnx_runtime_cannot_run_is_one_line_and_leaves_no_file(tmp_path, monkeypatch):
     """A graph that exports but that ONNX Runtime cannot load (here: it has no kernel for a node, as for
     Deformable DETR's GridSample with a float64 grid before its rewrite): one line naming the operator
