@@ -254,16 +254,15 @@ def test_export_failure_names_operator_and_family(tmp_path, monkeypatch):
 def test_two_stage_deformable_detr_with_box_refinement_exports(tmp_path, images):
     """The hub's two-stage Deformable DETR (proposals from the encoder, boxes refined layer by layer)
     exports through the same rewrite, and ONNX Runtime gives the checkpoint's detections."""
-    from transformers import DeformableDetrForObjectDetection
+    from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection
 
     from detr_ft.detector import Detector
-    from detr_ft.model.build import build_model
     from detr_ft.onnx_export import export_onnx
 
     ckpt = varied_checkpoint("deformable-detr-tiny", tmp_path / "one-stage.ckpt")
     saved = torch.load(ckpt, weights_only=False)
-    config = build_model("deformable-detr-tiny", {0: "a"}).model.config.__class__.from_dict(
-        {**saved["detr_ft"]["model_config"], "two_stage": True, "with_box_refine": True})
+    config = DeformableDetrConfig.from_dict({**saved["detr_ft"]["model_config"], "two_stage": True,
+                                             "with_box_refine": True})
     torch.manual_seed(0)
     model = DeformableDetrForObjectDetection(config)
     with torch.no_grad():  # sharper decoder attention, as varied_checkpoint: queries that differ

@@ -12,8 +12,8 @@ parity check and the ONNX tests compare the file with the unchanged model.
   same float32 numbers (the step is exactly 1) and keep the graph in float32.
 - ``constant_position_embeddings`` (RF-DETR): its DINOv2 backbone resizes its position embeddings to
   the input's patch grid (bicubic, antialiased: an operator with no ONNX symbolic), at every traced
-  call. At a fixed canvas the result is a constant: computed once in eager mode (``warm_up``), it is
-  written into the graph as one.
+  call. At a fixed canvas the result is a constant: computed once by an eager forward at the canvas
+  (``export_onnx`` runs one before tracing), it is written into the graph as one.
 """
 
 from __future__ import annotations

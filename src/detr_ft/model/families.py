@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from torch import nn
 
@@ -122,6 +123,14 @@ class Family:
         return self.loss != "transformers"
 
 
+# What the entries of a line of families share (read-only).
+RT_DETR_LINE = MappingProxyType(dict(
+    loss_forward=outputs.rtdetr_forward, canvas=outputs.rtdetr_canvas_size, encoder_tokens=outputs.rtdetr_encoder_tokens,
+    compile_parts=backbone_and_encoder, loss_divides_by_local_objects=True))
+GROUP_DETR_LINE = MappingProxyType(dict(
+    loss_forward=outputs.group_detr_forward, needs_transformers="5.18", freezes_resnet_stem=False,
+    canvas=outputs.window_canvas_size, encoder_tokens=outputs.group_detr_encoder_tokens))
+
 FAMILIES: tuple[Family, ...] = (
     Family("detr", "softmax", "softmax", outputs.detr_outputs, "detr-tiny", presets.detr_tiny,
            ResizeSpec(shortest=128, longest=192), "DetrImageProcessor"),
@@ -133,33 +142,19 @@ FAMILIES: tuple[Family, ...] = (
     Family("dab-detr", "focal", "sigmoid", outputs.dab_detr_outputs, "dab-detr-tiny", presets.dab_detr_tiny,
            ResizeSpec(shortest=96, longest=160), "ConditionalDetrImageProcessor"),
     Family("rt_detr", "transformers", "sigmoid", outputs.rtdetr_outputs, "rtdetr-tiny", presets.rtdetr_tiny,
-           ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", loss_forward=outputs.rtdetr_forward,
-           canvas=outputs.rtdetr_canvas_size, encoder_tokens=outputs.rtdetr_encoder_tokens,
-           compile_parts=backbone_and_encoder, loss_divides_by_local_objects=True),
+           ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", **RT_DETR_LINE),
     Family("rt_detr_v2", "transformers", "sigmoid", outputs.rtdetr_outputs, "rtdetr-v2-tiny",
-           presets.rtdetr_v2_tiny, ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor",
-           loss_forward=outputs.rtdetr_forward,
-           canvas=outputs.rtdetr_canvas_size, encoder_tokens=outputs.rtdetr_encoder_tokens,
-           compile_parts=backbone_and_encoder, loss_divides_by_local_objects=True),
+           presets.rtdetr_v2_tiny, ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", **RT_DETR_LINE),
     Family("d_fine", "transformers", "sigmoid", outputs.rtdetr_outputs, "dfine-tiny", presets.dfine_tiny,
-           ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", loss_forward=outputs.rtdetr_forward,
-           canvas=outputs.rtdetr_canvas_size, encoder_tokens=outputs.rtdetr_encoder_tokens,
-           compile_parts=backbone_and_encoder, loss_divides_by_local_objects=True),
+           ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", **RT_DETR_LINE),
     Family("deimv2", "transformers", "sigmoid", outputs.rtdetr_outputs, "deimv2-tiny", presets.deimv2_tiny,
-           ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", loss_forward=outputs.rtdetr_forward,
-           needs_transformers="5.18",
-           canvas=outputs.rtdetr_canvas_size, encoder_tokens=outputs.rtdetr_encoder_tokens,
-           compile_parts=backbone_and_encoder, loss_divides_by_local_objects=True),
+           ResizeSpec(shortest=96, longest=160), "RTDetrImageProcessor", needs_transformers="5.18", **RT_DETR_LINE),
     # windowed-ViT backbones: a fixed square size (a multiple of patch x windows, as their originals);
     # Deformable DETR's processor is LW-DETR's own, and does RF-DETR's (whose own needs torchvision)
     Family("lw_detr", "transformers", "sigmoid", outputs.group_detr_outputs, "lwdetr-tiny", presets.lwdetr_tiny,
-           ResizeSpec.fixed_size(128, 128), "DeformableDetrImageProcessor", loss_forward=outputs.group_detr_forward,
-           needs_transformers="5.18", freezes_resnet_stem=False,
-           canvas=outputs.window_canvas_size, encoder_tokens=outputs.group_detr_encoder_tokens),
+           ResizeSpec.fixed_size(128, 128), "DeformableDetrImageProcessor", **GROUP_DETR_LINE),
     Family("rf_detr", "transformers", "sigmoid", outputs.group_detr_outputs, "rfdetr-tiny", presets.rfdetr_tiny,
-           ResizeSpec.fixed_size(128, 128), "DeformableDetrImageProcessor", loss_forward=outputs.group_detr_forward,
-           needs_transformers="5.18", freezes_resnet_stem=False,
-           canvas=outputs.window_canvas_size, encoder_tokens=outputs.group_detr_encoder_tokens,
+           ResizeSpec.fixed_size(128, 128), "DeformableDetrImageProcessor", **GROUP_DETR_LINE,
            export_rewrites=(export_rewrites.constant_position_embeddings,)),
 )
 
