@@ -8,7 +8,7 @@ seconds (other processes share the CPUs and slow the demo), and writes:
 - ``OUT/curves.png``: mAP50 and mAP against wall minutes since the demo started;
 - ``OUT/curve.json``: the points, the figure reached, the machine and the load seen.
 
-    PYTHONPATH=src python benchmarks/demo_curve.py [--minutes 10] [--out DIR]
+    PYTHONPATH=src python benchmarks/demo_curve.py [--minutes 6] [--out DIR]
 
 Prints the curve and the JSON path.
 """
@@ -69,7 +69,7 @@ def plot(curve: list[dict], path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--minutes", type=float, default=10.0, help="the demo's time budget (its default: 10)")
+    p.add_argument("--minutes", type=float, default=6.0, help="the demo's time budget (its default: 6)")
     p.add_argument("--out", type=Path, default=None, help="where the demo and the curve go (default: a temp dir)")
     args = p.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="detr-ft-demo-curve-"))

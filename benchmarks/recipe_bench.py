@@ -7,8 +7,8 @@ in its own process and one after the other:
     python -m detr_ft eval  --ckpt-path OUT/NAME/train/{best,last}.ckpt --data-dir D --split test
     python -m detr_ft eval  ... --split train      (unless --no-train-metrics: under/overfitting)
 
-``BASE`` is the demo's optimiser recipe on rtdetr-tiny (the demo's model when the README's
-recipe table was measured; the demo trains dfine-tiny since; ``--config NAME="--model P"``
+``BASE`` is the demo's optimiser recipe on rtdetr-tiny as it was when the README's tables were
+measured (the demo trains dfine-tiny at batch 16 and 2e-3 since; the tables keep this base; ``--config NAME="--model P"``
 compares presets, as the README's family table does): AdamW 1e-3 for backbone and head,
 batch 8, warm-up 100 steps then a cosine that ends with the time budget, grad clip 1.0, no
 padding; a configuration's flags come after it, so they win.
@@ -42,8 +42,8 @@ from demo_curve import LoadSampler
 
 from detr_ft.errors import UserError
 
-# detr-ft demo's recipe (src/detr_ft/demo.py, demo_train_config) as train flags on rtdetr-tiny; --max-minutes comes
-# from --minutes.
+# detr-ft demo's earlier recipe (src/detr_ft/demo.py, demo_train_config, before batch 16 at 2e-3) as train flags
+# on rtdetr-tiny: the base of every README table; --max-minutes comes from --minutes.
 BASE_ARGS = ("--model rtdetr-tiny --max-epochs 1000 --batch-size 8 --num-workers 0 --no-pad --num-buckets 0 "
              "--lr 1e-3 --lr-backbone 1e-3 --lr-schedule cosine --warmup-steps 100 --grad-clip 1.0 "
              "--max-inf-frames 0 --seed 0")

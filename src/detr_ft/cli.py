@@ -363,7 +363,7 @@ def build_parser() -> CommandLine:
     add_common(ex)
 
     demo = sub.add_parser("demo", help="synthetic data -> train -> eval -> predict, offline")
-    demo.add_argument("--minutes", type=float, default=10.0, help="wall-time budget for the whole demo")
+    demo.add_argument("--minutes", type=float, default=6.0, help="wall-time budget for the whole demo")
     add_common(demo)
 
     bench = sub.add_parser("bench", help="throughput and start-up beside the stock transformers path")
