@@ -8,8 +8,8 @@ in its own process and one after the other:
     python -m detr_ft eval  ... --split train      (unless --no-train-metrics: under/overfitting)
 
 ``BASE`` is the demo's optimiser recipe on rtdetr-tiny as it was when the README's tables were
-measured (the demo trains dfine-tiny at batch 16 and 2e-3 since; the tables keep this base; ``--config NAME="--model P"``
-compares presets, as the README's family table does): AdamW 1e-3 for backbone and head,
+measured (the demo trains dfine-tiny at batch 16 and 2e-3 since; the tables keep this base;
+``--config NAME="--model P"`` compares presets, as the README's family tables do): AdamW 1e-3 for backbone and head,
 batch 8, warm-up 100 steps then a cosine that ends with the time budget, grad clip 1.0, no
 padding; a configuration's flags come after it, so they win.
 A configuration whose training exits with code 2 is reported as "flag not available"
