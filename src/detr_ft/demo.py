@@ -4,7 +4,7 @@ make data -> train a tiny preset -> evaluate on the held-out split -> predict.
 
 The recipe is sized so that a 2-core CPU shows real learning within the
 default 6 minutes (data generation, training, evaluation and prediction
-included; held-out mAP50 0.95 there, README "The demo learns"): validation
+included; held-out mAP50 0.94-0.95 there, README "The demo learns"): validation
 mAP50 on held-out images, never trained on, is printed with the curve of
 mAP50 against wall minutes (``demo.json``).
 """
