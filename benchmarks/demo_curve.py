@@ -68,8 +68,11 @@ def plot(curve: list[dict], path: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from detr_ft.config import DEMO_MINUTES
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--minutes", type=float, default=6.0, help="the demo's time budget (its default: 6)")
+    p.add_argument("--minutes", type=float, default=DEMO_MINUTES,
+                   help=f"the demo's time budget (its default: {DEMO_MINUTES:g})")
     p.add_argument("--out", type=Path, default=None, help="where the demo and the curve go (default: a temp dir)")
     args = p.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="detr-ft-demo-curve-"))

@@ -15,7 +15,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from detr_ft.config import DEFAULT_DATA_DIR, DEVICES, PRESET_RECIPE, PRETRAINED_RECIPE, TrainConfig
+from detr_ft.config import DEFAULT_DATA_DIR, DEMO_MINUTES, DEVICES, PRESET_RECIPE, PRETRAINED_RECIPE, TrainConfig
 from detr_ft.config_file import config_defaults
 from detr_ft.errors import UserError
 from detr_ft.log_policy import configure_logging
@@ -363,7 +363,7 @@ def build_parser() -> CommandLine:
     add_common(ex)
 
     demo = sub.add_parser("demo", help="synthetic data -> train -> eval -> predict, offline")
-    demo.add_argument("--minutes", type=float, default=6.0, help="wall-time budget for the whole demo")
+    demo.add_argument("--minutes", type=float, default=DEMO_MINUTES, help="wall-time budget for the whole demo")
     add_common(demo)
 
     bench = sub.add_parser("bench", help="throughput and start-up beside the stock transformers path")

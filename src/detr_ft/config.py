@@ -10,6 +10,7 @@ from detr_ft.errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda", "hpu", "mps")
 DEFAULT_DATA_DIR = "~/CPPE-Dataset/data"
+DEMO_MINUTES = 6.0  # detr-ft demo's default wall-time budget (README, "The demo learns")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import lightning as L
 
-from detr_ft.config import TrainConfig
+from detr_ft.config import DEMO_MINUTES, TrainConfig
 from detr_ft.data.synthetic import SyntheticSpec, generate
 
 # The task: square 96 px images of 0-4 shapes (8 % empty) of 3 classes told apart by outline only
@@ -75,7 +75,7 @@ def machine() -> dict:
     return facts
 
 
-def run_demo(out_dir: Path, minutes: float = 6.0) -> dict:
+def run_demo(out_dir: Path, minutes: float = DEMO_MINUTES) -> dict:
     """Run the demo within about ``minutes`` of wall time; print where everything is and the mAP50 reached.
 
     Returns (and writes to ``OUT/demo.json``) map_50, map, minutes, the curve and the machine.
