@@ -267,6 +267,24 @@ def test_resume_with_another_ema_setting_is_a_clear_error(ema, trained_run, synt
     assert f"--resume: {out / 'last.ckpt'} was written {'without' if ema == '--ema' else 'with'} --ema" in err
 
 
+def test_a_run_resumed_under_autocast_keeps_its_own_optimizer_kernel(trained_run, synthetic_dir, tmp_path):
+    """float32 training on a CPU steps AdamW with torch's fused kernel; --autocast does not (Lightning's
+    gradient clipping refuses an optimizer built fused there). A run resumed with other flags steps with
+    the kernel it chooses itself, not the one torch's load_state_dict would restore with the saved options."""
+    ckpt = torch.load(trained_run / "last.ckpt", weights_only=True)  # float32 on the CPU
+    assert {g["fused"] for g in ckpt["optimizer_states"][0]["param_groups"]} == {True}
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.ckpt").write_bytes((trained_run / "last.ckpt").read_bytes())
+    rc = main(["train", "--model", "detr-tiny", "--data-dir", str(synthetic_dir), "--max-epochs", "3",
+               "--batch-size", "8", "--num-workers", "0", "--max-inf-frames", "0", "--resume", "--autocast",
+               "--output-dir", str(out)])
+    assert rc == 0
+    resumed = torch.load(out / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == ckpt["global_step"] + 2  # it trained on: one more epoch of 2 steps
+    assert {g["fused"] for g in resumed["optimizer_states"][0]["param_groups"]} == {None}
+
+
 def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_last_ckpt(varied_model, tmp_path, monkeypatch):
     """Training's checkpoint IO writes ``last.ckpt`` atomically: a save that dies after writing part of
     the file (a full disk, a kill) leaves the previous ``last.ckpt`` whole and loadable, and no

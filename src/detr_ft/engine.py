@@ -35,6 +35,7 @@ class OptimConfig:
     weight_decay: float = 1e-4
     schedule: str = "constant"  # or "cosine", "step" (schedule.py); each after a linear warm-up
     warmup_steps: int = 0
+    fused: bool = False  # torch's fused AdamW kernel (devices.fused_optimizer says where)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -153,7 +154,8 @@ class DetrModule(L.LightningModule):
             {"params": [p for p in params if id(p) in backbone_ids], "lr": self.optim.lr_backbone},
         ]
         groups = [g for g in groups if g["params"]]
-        optimizer = torch.optim.AdamW(groups, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=self.optim.lr, weight_decay=self.optim.weight_decay,
+                                      fused=self.optim.fused or None)
         if self.optim.schedule == "constant" and self.optim.warmup_steps == 0:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
@@ -170,6 +172,14 @@ class DetrModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- checkpoint contents --------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # torch's Optimizer.load_state_dict restores the saved groups' options, "fused" too: a run
+        # resumed with other precision or on another device steps with the kernel it chose itself
+        fused = self.optim.fused or None
+        for state in checkpoint.get("optimizer_states", ()):
+            for group in state.get("param_groups", ()):
+                group["fused"] = fused
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["detr_ft"] = {
             "model_config": self.model.config.to_dict(),

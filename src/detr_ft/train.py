@@ -20,7 +20,7 @@ from detr_ft.data.batching import batch_padding_fraction
 from detr_ft.data.shape_plan import ShapePlan
 from detr_ft.data.source import read_split
 from detr_ft.engine import DetectionData, DetrModule, NonFiniteLossError, OptimConfig, Throughput
-from detr_ft.devices import device_type, run_settings, say_if_slow_bf16, trainer_device
+from detr_ft.devices import device_type, fused_optimizer, run_settings, say_if_slow_bf16, trainer_device
 from detr_ft.errors import UserError
 from detr_ft.loggers import experiment_logger, finish
 from detr_ft.metrics import METRIC_NAMES, ground_truth
@@ -126,7 +126,8 @@ def _fit(cfg: TrainConfig, extra_callbacks: tuple[L.Callback, ...]):
     resized = [bundle.resize.output_size(r.height, r.width) for r in train_index.records]
     pad_fraction = report_padding(plan, data, resized)
     module = DetrModule(bundle, train_index.categories,
-                        OptimConfig(cfg.lr, cfg.lr_backbone, cfg.weight_decay, cfg.lr_schedule, cfg.warmup_steps),
+                        OptimConfig(cfg.lr, cfg.lr_backbone, cfg.weight_decay, cfg.lr_schedule, cfg.warmup_steps,
+                                    fused=fused_optimizer(cfg.device, cfg.autocast, cfg.devices * cfg.num_nodes)),
                         val_ground_truth=ground_truth(val_index.records, train_index.categories) if val_index else None,
                         on_non_finite=cfg.on_non_finite)
     callbacks, throughput = training_callbacks(cfg, out, extra_callbacks)

@@ -85,8 +85,10 @@ def param_groups(model: nn.Module, lr: float = 1e-4, lr_backbone: float = 1e-5) 
             {"params": [p for n, p in named if "backbone" in n], "lr": lr_backbone}]
 
 
-def adamw(model: nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.AdamW([g for g in param_groups(model) if g["params"]], lr=1e-4, weight_decay=1e-4)
+def adamw(model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+    """The original example's AdamW (per-tensor; ``fused``: torch's fused kernel, as detr-ft train runs it)."""
+    return torch.optim.AdamW([g for g in param_groups(model) if g["params"]], lr=1e-4, weight_decay=1e-4,
+                             fused=fused or None)
 
 
 def trivial_loss(out) -> torch.Tensor:
@@ -109,12 +111,15 @@ class Sides:
     """
 
     def __init__(self, cfg: BenchConfig, categories, resize, device: torch.device, only: str | None = None):
+        from detr_ft.devices import fused_optimizer
         from detr_ft.engine import DetrModule, OptimConfig
         from detr_ft.model.build import ModelBundle
         from detr_ft.model.speed import for_training
 
         model, pretrained, self.note = bench_model(cfg.model, categories.id2label, cfg.seed)
         self.pretrained = pretrained
+        # detr-ft's optimizer kernel on its side and the bare network's; the stock side's as users write it
+        self.fused = fused_optimizer(device.type, cfg.precision == "bf16", processes=1)
         self.stock = self.bare = self.ours = self.initial = None
         if only in (None, "stock"):
             self.stock = (model if only else copy.deepcopy(model)).to(device)
@@ -123,7 +128,7 @@ class Sides:
             self.initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if only in (None, "ours"):
             bundle = ModelBundle(model, resize, model.config.model_type, pretrained)
-            self.ours = DetrModule(bundle, categories, OptimConfig()).to(device)
+            self.ours = DetrModule(bundle, categories, OptimConfig(fused=self.fused)).to(device)
         for name, m in self.networks().items():  # as detr-ft train does; the stock side as it is
             if name != "stock":
                 for_training(m, device, cfg.channels_last)
@@ -147,7 +152,8 @@ class Sides:
                 for m in networks.values():
                     for k, v in m.state_dict().items():
                         v.copy_(self.initial[k])
-        return {name: self.ours.configure_optimizers() if name == "ours" else adamw(m) for name, m in networks.items()}
+        return {name: self.ours.configure_optimizers() if name == "ours" else adamw(m, self.fused and name == "bare")
+                for name, m in networks.items()}
 
     def our_step(self, optimizer, batch) -> None:
         with self.amp():
