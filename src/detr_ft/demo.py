@@ -95,7 +95,8 @@ def run_demo(out_dir: Path, minutes: float = DEMO_MINUTES) -> dict:
     print(f"[2/4] training {DEMO_MODEL} for about {train_minutes:.1f} minutes "
           f"(validation on the held-out split after each epoch)")
     timeline = Timeline(started)
-    _, _, summary = fit(demo_train_config(data_dir, out_dir / "train", train_minutes), extra_callbacks=(timeline,))
+    train_config = demo_train_config(data_dir, out_dir / "train", train_minutes)
+    _, _, summary = fit(train_config, extra_callbacks=(timeline,))
     ckpt = out_dir / "train" / "last.ckpt"
     print("[3/4] evaluating on the held-out split")
     metrics = run_eval(str(ckpt), str(data_dir), out_dir / "eval", split="test", bootstrap=DEMO_BOOTSTRAP)
@@ -113,8 +114,7 @@ def run_demo(out_dir: Path, minutes: float = DEMO_MINUTES) -> dict:
         "machine": {**machine_before, "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         "recipe": {"model": DEMO_MODEL, "data": {**asdict(DEMO_SPEC), "train": DEMO_TRAIN_IMAGES,
                                                   "val": DEMO_VAL_IMAGES},
-                   "train": demo_train_config(data_dir, out_dir / "train",
-                                              train_minutes).with_recipe_defaults().to_dict()},  # as trained
+                   "train": train_config.with_recipe_defaults().to_dict()},  # as trained
     }
     (out_dir / "demo.json").write_text(json.dumps(result, indent=2))
     print(f"\ndetr-ft demo finished in {total_with_predict:.1f} minutes "

@@ -12,12 +12,13 @@ benchmark   detr-ft vs the stock path                                       unit
 ==========  ==============================================================  =========
 train       detr-ft's step (forward, padding-aware criterion with matching,  images/s
             or the family's transformers loss; finite check, backward, clip,
-            AdamW) vs the family's ...ForObjectDetection (DETR's by default)
-            computing its own loss from ``labels`` as a list of dicts; the
+            AdamW as train runs it: fused in float32) vs the family's
+            ...ForObjectDetection (DETR's by default) computing its own loss
+            from ``labels`` as a list of dicts, the per-tensor AdamW; the
             same batch tensors on both sides
 overhead    our step time / the bare network's (forward + backward + clip +  x bare
-            AdamW on the same batch, a trivial loss over the same outputs,
-            no matching); ``baseline`` is the stock step's ratio
+            our AdamW on the same batch, a trivial loss over the same
+            outputs, no matching); ``baseline`` is the stock step's ratio
 static      end to end with data loading (workers 0): detr-ft's static       images/s
             recipe (landscape and portrait canvases, orientation batches,
             one object bucket) vs the original's (DetrImageProcessor per
