@@ -270,7 +270,7 @@ def test_r50_architecture_trains_stages_2_to_4_on_both_sides():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the script runs the full GPU benchmark")
-@pytest.mark.parametrize("script", ["gpu.sh", "gpu_checks.sh"])
+@pytest.mark.parametrize("script", ["gpu.sh", "gpu_checks.sh", "gpu_families.sh"])
 def test_gpu_script_fails_clearly_without_cuda(script):
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src")}
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / script)], capture_output=True, text=True, env=env,
