@@ -34,10 +34,9 @@ if [ "${BENCH:-1}" = 1 ] && ! "$PYTHON" -c "import pycocotools" >/dev/null 2>&1;
   exit 2
 fi
 presets="${PRESETS:-$("$PYTHON" -c 'from detr_ft.model.families import FAMILIES; print(*(f.preset for f in FAMILIES))')}"
-detr() { "$PYTHON" -m detr_ft "$@"; }
 started=$SECONDS
 
-detr data synthetic --out "$work/data" --train 64 --val 16 --size 320 >&2
+"$PYTHON" -m detr_ft data synthetic --out "$work/data" --train 64 --val 16 --size 320 >&2
 common=(--data-dir "$work/data" --device "$DEVICE" --autocast --pad --num-buckets 1 --max-epochs 2
         --batch-size 8 --num-workers 1 --seed 0 --max-inf-frames 2)
 run() {  # name, then train's flags
@@ -94,7 +93,8 @@ for rc_file in sorted((work / "runs").glob("*.rc")):
     facts = {"rc": rc, **{k: metrics[k] for k in KEYS if k in metrics}}
     if rc != 0:
         facts["log_tail"] = (work / "runs" / f"{name}.log").read_text(errors="replace")[-1500:]
-    facts["ok"] = rc == 0 and bool(metrics) and ("compile" not in name or (metrics.get("recompiles") or 99) <= 2)
+    recompiles = metrics.get("recompiles")
+    facts["ok"] = rc == 0 and bool(metrics) and ("compile" not in name or (recompiles is not None and recompiles <= 2))
     families[name] = facts
 bench = {p.stem: read(p) for p in sorted((work / "bench").glob("*.json")) if p.stem != "criterion"}
 report = {"machine": machine_facts(), "families": families, "bench": bench,

@@ -144,7 +144,7 @@ def run_settings(device: str):
 
 def fused_optimizer(device: str, autocast: bool, processes: int) -> bool:
     """Whether training on ``device`` runs AdamW as torch's fused kernel, one pass over all the
-    parameters (``dfine-tiny``'s optimizer step 3.7x faster than the per-tensor loop on 2 CPU
+    parameters (``dfine-tiny``'s optimizer step 3.6x faster than the per-tensor loop on 2 CPU
     cores, ``benchmarks/optimizer_step.py``): on a CPU or CUDA device, in float32, in one process.
     Not under ``--autocast``: Lightning's gradient clipping refuses an optimizer that unscales its
     own gradients, as the fused one does. Not under DDP: on 2 CPU processes (torch 2.13) the fused

@@ -102,8 +102,8 @@ def rtdetr_v2_tiny(num_labels: int):
 def dfine_tiny(num_labels: int):
     """D-FINE (fine-grained distribution refinement of the boxes) on the RT-DETR line's tiny ResNet, its
     hybrid encoder's fusion blocks scaled as D-FINE-N's (``hidden_expansion`` 0.34, ``depth_mult`` 0.5):
-    on 2 CPU cores the demo then steps 1.2x faster and reaches mAP50 0.960-0.967 in 6 minutes (five runs) instead of
-    0.948-0.958 (README, "The demo learns")."""
+    on 2 CPU cores the demo then steps 1.2x faster and reaches mAP50 0.960-0.967 in 6 minutes (five
+    runs) instead of 0.948-0.958 (README, "The demo learns")."""
     from transformers import DFineConfig
 
     return DFineConfig(hidden_expansion=0.34, depth_mult=0.5, **_rtdetr_line_kwargs(num_labels))
